@@ -1,0 +1,3 @@
+from .dtl_vit import DTLViT
+
+__all__ = ['DTLViT']

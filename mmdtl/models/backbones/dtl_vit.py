@@ -1,0 +1,119 @@
+"""DTL on mmpretrain's VisionTransformer: the glue that says where the
+Compact Side Network taps and where it adds back."""
+from typing import Optional, Sequence
+
+import torch
+from mmpretrain.models.backbones import VisionTransformer
+from mmpretrain.models.utils import resize_pos_embed
+from mmpretrain.registry import MODELS
+
+from ..side_network import build_side_network
+
+
+@MODELS.register_module()
+class DTLViT(VisionTransformer):
+    """Vision Transformer fine-tuned with Disentangled Transfer Learning.
+
+    A frozen :class:`mmpretrain.models.VisionTransformer` (any arch of its zoo,
+    any image and patch size) plus a Compact Side Network built from ``csn``.
+    Before block ``i`` the CSN reads the block's input; after every block
+    ``i >= csn.start`` (``M``) its output is added to the token stream.
+    Blocks ``0..M`` never see task-specific input, so when they are frozen
+    they run under ``torch.no_grad()`` and keep no activations for backward.
+
+    The defaults follow the released classification recipe: the mean of the
+    patch tokens goes through the backbone's final LayerNorm
+    (``out_type='avg_featmap'``, ``final_norm=False``; a pre-trained ``ln1``
+    is loaded into ``ln2``). Every other ``out_type`` and ``out_indices``
+    of the parent keep working.
+
+    Args:
+        csn (dict): Config of the side network, e.g.
+            ``dict(type='CompactSideNetwork', rank=2, start=6,
+            dwconv_kernel=3)``; ``embed_dims`` and ``num_layers`` are filled
+            in from the backbone.
+        freeze_backbone (bool): Freeze every parameter outside the side
+            network. Defaults to True.
+        out_type (str): See :class:`VisionTransformer`.
+            Defaults to ``'avg_featmap'``.
+        final_norm (bool): See :class:`VisionTransformer`. Defaults to False.
+        **kwargs: Other arguments of :class:`VisionTransformer`.
+    """
+
+    def __init__(self,
+                 *args,
+                 csn: dict = dict(type='CompactSideNetwork'),
+                 freeze_backbone: bool = True,
+                 out_type: str = 'avg_featmap',
+                 final_norm: bool = False,
+                 **kwargs):
+        super().__init__(*args, out_type=out_type, final_norm=final_norm, **kwargs)
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            self.requires_grad_(False)
+        self.csn = build_side_network(
+            csn, embed_dims=self.embed_dims, num_layers=self.num_layers)
+        if self.csn.num_layers != self.num_layers or any(
+                d != self.embed_dims for d in self.csn.embed_dims):
+            raise ValueError(
+                f'csn was built for {self.csn.num_layers} blocks of dims '
+                f'{sorted(set(self.csn.embed_dims))}, but the backbone has '
+                f'{self.num_layers} blocks of {self.embed_dims} dims')
+        self._register_load_state_dict_pre_hook(self._final_norm_into_ln2)
+
+    def _final_norm_into_ln2(self, state_dict, prefix, *args, **kwargs):
+        """Pre-trained checkpoints name the final LayerNorm ``ln1``; with
+        ``avg_featmap`` and no ``final_norm`` it normalises the pooled
+        patch tokens as ``ln2``."""
+        if self.final_norm or self.out_type != 'avg_featmap':
+            return
+        for name in ('weight', 'bias'):
+            src, dst = f'{prefix}ln1.{name}', f'{prefix}ln2.{name}'
+            if src in state_dict and dst not in state_dict:
+                state_dict[dst] = state_dict.pop(src)
+
+    def _frozen_prefix(self) -> bool:
+        """True when nothing up to block M can receive a gradient."""
+        modules = [self.patch_embed, self.pre_norm, *self.layers[:self.csn.start + 1]]
+        params = [p for m in modules for p in m.parameters()]
+        params += [p for p in (self.cls_token, self.pos_embed) if p is not None]
+        return not any(p.requires_grad for p in params)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        patch = self.patch_embed.projection.stride
+        height, width = x.shape[-2:]
+        if height % patch[0] or width % patch[1]:
+            raise ValueError(
+                f'DTLViT: input size {height}x{width} is not divisible by the '
+                f'patch size {patch[0]}x{patch[1]}; resize or pad the images '
+                f'(e.g. the Resize scale in the data pipeline)')
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        self._check_input(x)
+        grad_enabled = torch.is_grad_enabled()
+        no_grad_prefix = self._frozen_prefix()
+        batch = x.shape[0]
+        with torch.set_grad_enabled(grad_enabled and not no_grad_prefix):
+            x, patch_resolution = self.patch_embed(x)
+            if self.cls_token is not None:
+                x = torch.cat((self.cls_token.expand(batch, -1, -1), x), dim=1)
+            x = x + resize_pos_embed(
+                self.pos_embed, self.patch_resolution, patch_resolution,
+                mode=self.interpolate_mode, num_extra_tokens=self.num_extra_tokens)
+            x = self.pre_norm(self.drop_after_pos(x))
+
+        running_sum = None
+        outs = []
+        for i, layer in enumerate(self.layers):
+            running_sum = self.csn.tap(i, x, running_sum)
+            # Block i's input is task-independent up to M: no graph needed.
+            with torch.set_grad_enabled(
+                    grad_enabled and not (no_grad_prefix and i <= self.csn.start)):
+                x = layer(x)
+            x = self.csn.add_back(i, x, running_sum, patch_resolution,
+                                  self.num_extra_tokens)
+            if i == len(self.layers) - 1 and self.final_norm:
+                x = self.ln1(x)
+            if i in self.out_indices:
+                outs.append(self._format_output(x, patch_resolution))
+        return tuple(outs)

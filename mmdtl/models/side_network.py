@@ -1,0 +1,224 @@
+"""The Compact Side Network (CSN) of DTL: all of the method's math lives here.
+
+Backbones only decide *where* to tap and *where* to add back (see
+``DTLViT`` and ``DTLSwin``); everything the side network computes is in
+:class:`CompactSideNetwork`.
+"""
+import math
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+from mmpretrain.registry import MODELS
+
+
+def swish(x: torch.Tensor, beta: float) -> torch.Tensor:
+    """Swish with a fixed slope: ``x * sigmoid(beta * x)``."""
+    return x * torch.sigmoid(beta * x)
+
+
+@MODELS.register_module()
+class CompactSideNetwork(BaseModule):
+    """Compact Side Network of DTL (arXiv 2312.07856).
+
+    Before every tapped block ``i`` the network adds a rank-``rank``
+    projection of that block's input to a running sum::
+
+        h = h + z_{i-1} @ A_i^T @ B_i^T      (A_i: rank x d, B_i: d x rank)
+
+    and after every block ``i >= start`` the backbone stream receives
+    ``g(swish_beta(h))``, where ``g`` is the identity (DTL) or a depthwise
+    ``k x k`` convolution over the patch-token grid (DTL+). Extra tokens
+    (e.g. the cls token) receive ``swish_beta(h)`` only. ``A_i`` is
+    Kaiming-uniform initialised and ``B_i`` zero initialised, so the side
+    network starts as an exact no-op.
+
+    Blocks may be grouped into stages (Swin): the running sum restarts at the
+    first block of every stage, because the token dimension changes there,
+    and every stage that adds back owns one depthwise convolution.
+
+    Args:
+        embed_dims (int | Sequence[int]): Token dimension of every block, one
+            int for all blocks or one entry per block.
+        num_layers (int): Number of blocks of the backbone.
+        rank (int): Rank ``d'`` of every projection. Defaults to 2.
+        taps (Sequence[int], optional): Global indices of the blocks whose
+            input is projected into the running sum. Defaults to all blocks.
+        start (int, optional): ``M``, the first block after which the side
+            output is added back; it is added after every block ``>= M``.
+            Defaults to ``num_layers // 2``.
+        beta (float): Slope of the Swish activation. Defaults to 100.
+        dwconv_kernel (int): Kernel size of the depthwise convolution of
+            DTL+; 0 means plain DTL (no convolution). Must be odd.
+            Defaults to 0.
+        stages (Sequence[int], optional): Stage index of every block, used by
+            hierarchical backbones. Defaults to one stage.
+        init_cfg (dict, optional): Initialisation config. Defaults to None.
+    """
+
+    def __init__(self,
+                 embed_dims: Union[int, Sequence[int]],
+                 num_layers: int,
+                 rank: int = 2,
+                 taps: Optional[Sequence[int]] = None,
+                 start: Optional[int] = None,
+                 beta: float = 100.,
+                 dwconv_kernel: int = 0,
+                 stages: Optional[Sequence[int]] = None,
+                 init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f'csn: num_layers must be a positive int, got {num_layers!r}')
+        if isinstance(embed_dims, int):
+            embed_dims = [embed_dims] * num_layers
+        embed_dims = list(embed_dims)
+        if len(embed_dims) != num_layers:
+            raise ValueError(f'csn: embed_dims has {len(embed_dims)} entries '
+                             f'but the backbone has {num_layers} blocks')
+        if not isinstance(rank, int) or rank < 1:
+            raise ValueError(f'csn.rank must be an int >= 1, got {rank!r}')
+        if start is None:
+            start = num_layers // 2
+        if not isinstance(start, int) or not 0 <= start < num_layers:
+            raise ValueError(f'csn.start (M, the first add-back block) must be an int '
+                             f'in [0, {num_layers - 1}], got {start!r}')
+        taps = list(range(num_layers)) if taps is None else sorted(set(taps))
+        if not taps:
+            raise ValueError('csn.taps must name at least one block')
+        bad = [t for t in taps if not isinstance(t, int) or not 0 <= t < num_layers]
+        if bad:
+            raise ValueError(f'csn.taps must be block indices in [0, {num_layers - 1}], got {bad}')
+        if not isinstance(dwconv_kernel, int) or dwconv_kernel < 0 or (
+                dwconv_kernel > 0 and dwconv_kernel % 2 == 0):
+            raise ValueError(f'csn.dwconv_kernel must be 0 (DTL) or an odd int >= 1 '
+                             f'(DTL+, "same" padding), got {dwconv_kernel!r}')
+        stages = [0] * num_layers if stages is None else list(stages)
+        if len(stages) != num_layers or any(b < a for a, b in zip(stages, stages[1:])):
+            raise ValueError('csn: stages must give a non-decreasing stage index per block')
+        for i in range(start, num_layers):
+            if not any(t <= i and stages[t] == stages[i] for t in taps):
+                raise ValueError(f'csn: block {i} adds back (start={start}) but no tap '
+                                 f'feeds the running sum of its stage before it; '
+                                 f'taps={taps}')
+
+        self.embed_dims = embed_dims
+        self.num_layers = num_layers
+        self.rank = rank
+        self.taps = taps
+        self.start = start
+        self.beta = float(beta)
+        self.dwconv_kernel = dwconv_kernel
+        self.stages = stages
+        # A_i (rank x d) projects down, B_i (d x rank) projects back up.
+        self.down_projs = nn.ParameterDict({
+            str(i): nn.Parameter(torch.empty(rank, embed_dims[i])) for i in taps})
+        self.up_projs = nn.ParameterDict({
+            str(i): nn.Parameter(torch.zeros(embed_dims[i], rank)) for i in taps})
+        # One depthwise conv per stage that adds back, shared by its blocks.
+        self.dwconvs = nn.ModuleDict()
+        if dwconv_kernel > 0:
+            for stage in sorted({stages[i] for i in range(start, num_layers)}):
+                dim = embed_dims[stages.index(stage)]
+                self.dwconvs[str(stage)] = nn.Conv2d(
+                    dim, dim, dwconv_kernel, padding=dwconv_kernel // 2,
+                    groups=dim, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The released initialisation: A Kaiming-uniform, B zeros, conv default."""
+        for down in self.down_projs.values():
+            nn.init.kaiming_uniform_(down, a=math.sqrt(5))
+        for up in self.up_projs.values():
+            nn.init.zeros_(up)
+        for conv in self.dwconvs.values():
+            conv.reset_parameters()
+
+    def init_weights(self) -> None:
+        if self.init_cfg is None:
+            self.reset_parameters()
+        else:
+            super().init_weights()
+
+    @property
+    def adds_back(self) -> List[int]:
+        """Indices of the blocks after which the side output is added."""
+        return list(range(self.start, self.num_layers))
+
+    def tap(self, index: int, tokens: torch.Tensor,
+            running_sum: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """Update the running sum with the input ``tokens`` of block ``index``.
+
+        The running sum restarts at the first block of every stage.
+
+        Args:
+            index (int): Global index of the block about to run.
+            tokens (Tensor): Its input tokens, shape (B, N, C).
+            running_sum (Tensor | None): The sum so far (None before the
+                first tap).
+
+        Returns:
+            Tensor | None: The updated running sum.
+        """
+        if index > 0 and self.stages[index] != self.stages[index - 1]:
+            running_sum = None
+        key = str(index)
+        if key not in self.down_projs:
+            return running_sum
+        side = F.linear(F.linear(tokens, self.down_projs[key]), self.up_projs[key])
+        return side if running_sum is None else running_sum + side
+
+    def side_output(self, index: int, running_sum: torch.Tensor,
+                    grid: Tuple[int, int], num_extra_tokens: int = 0) -> torch.Tensor:
+        """``g(swish_beta(h))``: what block ``index`` adds to its output.
+
+        Args:
+            index (int): Global index of the block that just ran.
+            running_sum (Tensor): h, shape (B, num_extra_tokens + H*W, C).
+            grid (tuple[int, int]): (H, W) of the patch tokens.
+            num_extra_tokens (int): Leading tokens (cls) that get swish only.
+        """
+        activated = swish(running_sum, self.beta)
+        conv = self.dwconvs[str(self.stages[index])] if len(self.dwconvs) else None
+        if conv is None:
+            return activated
+        batch, num_tokens, dims = activated.shape
+        height, width = grid
+        if num_tokens != num_extra_tokens + height * width:
+            raise ValueError(f'csn: {num_tokens} tokens do not match {num_extra_tokens} extra '
+                             f'tokens + a {height}x{width} patch grid')
+        extra, patches = activated[:, :num_extra_tokens], activated[:, num_extra_tokens:]
+        patches = patches.transpose(1, 2).reshape(batch, dims, height, width)
+        patches = conv(patches).flatten(2).transpose(1, 2)
+        return torch.cat([extra, patches], dim=1) if num_extra_tokens else patches
+
+    def add_back(self, index: int, tokens: torch.Tensor,
+                 running_sum: Optional[torch.Tensor], grid: Tuple[int, int],
+                 num_extra_tokens: int = 0) -> torch.Tensor:
+        """Add the side output to the output ``tokens`` of block ``index``
+        when ``index >= start``; otherwise return ``tokens`` unchanged."""
+        if index < self.start:
+            return tokens
+        return tokens + self.side_output(index, running_sum, grid, num_extra_tokens)
+
+    def extra_repr(self) -> str:
+        return (f'rank={self.rank}, taps={self.taps}, start={self.start}, '
+                f'beta={self.beta}, dwconv_kernel={self.dwconv_kernel}')
+
+
+def build_side_network(csn_cfg: Union[dict, 'CompactSideNetwork'],
+                       **defaults) -> 'CompactSideNetwork':
+    """Build the ``csn`` slot of a DTL backbone, filling in what the backbone
+    knows (dims, depth, stages) unless the config already sets it."""
+    if isinstance(csn_cfg, nn.Module):
+        return csn_cfg
+    if not isinstance(csn_cfg, dict) or 'type' not in csn_cfg:
+        raise TypeError(f'csn must be a dict with a "type" key, got {csn_cfg!r}')
+    cfg = dict(csn_cfg)
+    for key, value in defaults.items():
+        cfg.setdefault(key, value)
+    return MODELS.build(cfg)
+
+
+__all__ = ['CompactSideNetwork', 'build_side_network', 'swish']
