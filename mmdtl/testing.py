@@ -1,0 +1,63 @@
+# Copyright (c) OpenMMLab. All rights reserved.
+"""Helpers for tests: small data trees in the real layouts (nothing is downloaded)."""
+import os
+import os.path as osp
+from typing import Dict, Optional
+
+import numpy as np
+
+from mmdtl.datasets.vtab import VTAB1K_TASKS
+
+
+def make_vtab_tree(root: str,
+                   task: str = 'cifar',
+                   num_classes: Optional[int] = None,
+                   sizes: Optional[Dict[str, int]] = None,
+                   image_size: int = 32,
+                   seed: int = 0) -> str:
+    """Write a tiny VTAB-1k task folder of random RGB PNG images.
+
+    The layout is that of the real release: ``<root>/<task>/images/<split>/``
+    and the split files ``train800.txt``, ``val200.txt``, ``test.txt`` and
+    ``train800val200.txt`` (= the ``train800`` lines followed by the
+    ``val200`` lines), each line ``<relpath> <label>``. Labels cycle over the
+    classes, so every class appears once a split has ``num_classes`` images.
+
+    Args:
+        root (str): The data root (pass it as ``data_root`` to ``VTAB1k``).
+        task (str): Task folder name. Defaults to ``'cifar'``.
+        num_classes (int, optional): Number of classes. Defaults to None,
+            which takes ``VTAB1K_TASKS[task]`` (required for other names).
+        sizes (dict, optional): Number of images per split, keys
+            ``train800``, ``val200`` and ``test``. Defaults to
+            ``dict(train800=8, val200=4, test=6)``.
+        image_size (int): Side of the square images. Defaults to 32.
+        seed (int): Seed of the random pixels. Defaults to 0.
+
+    Returns:
+        str: The task folder path, ``<root>/<task>``.
+    """
+    from PIL import Image
+
+    if num_classes is None:
+        if task not in VTAB1K_TASKS:
+            raise ValueError(f'make_vtab_tree: unknown task {task!r} needs num_classes.')
+        num_classes = VTAB1K_TASKS[task]
+    sizes = {**dict(train800=8, val200=4, test=6), **(sizes or {})}
+    rng = np.random.default_rng(seed)
+    task_dir = osp.join(root, task)
+
+    lines = {}
+    for split in ('train800', 'val200', 'test'):
+        os.makedirs(osp.join(task_dir, 'images', split), exist_ok=True)
+        lines[split] = []
+        for i in range(sizes[split]):
+            relpath = f'images/{split}/{i:06d}.png'
+            pixels = rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(osp.join(task_dir, relpath))
+            lines[split].append(f'{relpath} {i % num_classes}\n')
+    lines['train800val200'] = lines['train800'] + lines['val200']
+    for split, split_lines in lines.items():
+        with open(osp.join(task_dir, f'{split}.txt'), 'w', encoding='utf-8') as f:
+            f.writelines(split_lines)
+    return task_dir
