@@ -11,7 +11,8 @@ data_root = 'data/digits-vtab'
 
 model = dict(
     backbone=dict(
-        arch=dict(embed_dims=64, num_layers=6, num_heads=4, feedforward_channels=128),
+        arch=dict(_delete_=True, embed_dims=64, num_layers=6, num_heads=4,
+                  feedforward_channels=128),
         img_size=img_size,
         patch_size=4,
         drop_path_rate=0.,

@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 from mmpretrain.registry import MODELS
 
@@ -55,6 +56,10 @@ class CompactSideNetwork(BaseModule):
             Defaults to 0.
         stages (Sequence[int], optional): Stage index of every block, used by
             hierarchical backbones. Defaults to one stage.
+        recompute_side_output (bool): Keep only the running sum for backward
+            and recompute ``g(swish(h))`` there, instead of storing the Swish
+            and convolution intermediates of every add-back point. Outputs
+            and gradients are unchanged. Defaults to True.
         init_cfg (dict, optional): Initialisation config. Defaults to None.
     """
 
@@ -67,6 +72,7 @@ class CompactSideNetwork(BaseModule):
                  beta: float = 100.,
                  dwconv_kernel: int = 0,
                  stages: Optional[Sequence[int]] = None,
+                 recompute_side_output: bool = True,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         if not isinstance(num_layers, int) or num_layers < 1:
@@ -111,6 +117,7 @@ class CompactSideNetwork(BaseModule):
         self.beta = float(beta)
         self.dwconv_kernel = dwconv_kernel
         self.stages = stages
+        self.recompute_side_output = recompute_side_output
         # A_i (rank x d) projects down, B_i (d x rank) projects back up.
         self.down_projs = nn.ParameterDict({
             str(i): nn.Parameter(torch.empty(rank, embed_dims[i])) for i in taps})
@@ -200,7 +207,12 @@ class CompactSideNetwork(BaseModule):
         when ``index >= start``; otherwise return ``tokens`` unchanged."""
         if index < self.start:
             return tokens
-        return tokens + self.side_output(index, running_sum, grid, num_extra_tokens)
+        if self.recompute_side_output and running_sum.requires_grad:
+            side = cp.checkpoint(self.side_output, index, running_sum, grid,
+                                 num_extra_tokens, use_reentrant=False)
+        else:
+            side = self.side_output(index, running_sum, grid, num_extra_tokens)
+        return tokens + side
 
     def extra_repr(self) -> str:
         return (f'rank={self.rank}, taps={self.taps}, start={self.start}, '

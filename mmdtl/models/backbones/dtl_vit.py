@@ -1,8 +1,7 @@
 """DTL on mmpretrain's VisionTransformer: the glue that says where the
 Compact Side Network taps and where it adds back."""
-from typing import Optional, Sequence
-
 import torch
+import torch.utils.checkpoint as cp
 from mmpretrain.models.backbones import VisionTransformer
 from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
@@ -34,6 +33,11 @@ class DTLViT(VisionTransformer):
             in from the backbone.
         freeze_backbone (bool): Freeze every parameter outside the side
             network. Defaults to True.
+        checkpoint_suffix (bool): Activation checkpointing of the blocks
+            after ``M``: they keep only their input for backward (which the
+            CSN taps keep anyway) and are recomputed during backward, still
+            passing gradients to the side network. Trades compute for
+            memory. Defaults to False.
         out_type (str): See :class:`VisionTransformer`.
             Defaults to ``'avg_featmap'``.
         final_norm (bool): See :class:`VisionTransformer`. Defaults to False.
@@ -44,11 +48,13 @@ class DTLViT(VisionTransformer):
                  *args,
                  csn: dict = dict(type='CompactSideNetwork'),
                  freeze_backbone: bool = True,
+                 checkpoint_suffix: bool = False,
                  out_type: str = 'avg_featmap',
                  final_norm: bool = False,
                  **kwargs):
         super().__init__(*args, out_type=out_type, final_norm=final_norm, **kwargs)
         self.freeze_backbone = freeze_backbone
+        self.checkpoint_suffix = checkpoint_suffix
         if freeze_backbone:
             self.requires_grad_(False)
         self.csn = build_side_network(
@@ -60,6 +66,11 @@ class DTLViT(VisionTransformer):
                 f'{sorted(set(self.csn.embed_dims))}, but the backbone has '
                 f'{self.num_layers} blocks of {self.embed_dims} dims')
         self._register_load_state_dict_pre_hook(self._final_norm_into_ln2)
+
+    def train(self, mode: bool = True) -> 'DTLViT':
+        # mmpretrain's BaseBackbone.train returns None; keep nn.Module's chaining.
+        super().train(mode)
+        return self
 
     def _final_norm_into_ln2(self, state_dict, prefix, *args, **kwargs):
         """Pre-trained checkpoints name the final LayerNorm ``ln1``; with
@@ -107,9 +118,12 @@ class DTLViT(VisionTransformer):
         for i, layer in enumerate(self.layers):
             running_sum = self.csn.tap(i, x, running_sum)
             # Block i's input is task-independent up to M: no graph needed.
-            with torch.set_grad_enabled(
-                    grad_enabled and not (no_grad_prefix and i <= self.csn.start)):
-                x = layer(x)
+            in_prefix = no_grad_prefix and i <= self.csn.start
+            with torch.set_grad_enabled(grad_enabled and not in_prefix):
+                if self.checkpoint_suffix and not in_prefix and x.requires_grad:
+                    x = cp.checkpoint(layer, x, use_reentrant=False)
+                else:
+                    x = layer(x)
             x = self.csn.add_back(i, x, running_sum, patch_resolution,
                                   self.num_extra_tokens)
             if i == len(self.layers) - 1 and self.final_norm:

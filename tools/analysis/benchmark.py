@@ -1,0 +1,266 @@
+"""Side-by-side memory and speed benchmark of fine-tuning methods.
+
+For every method (full fine-tuning, linear probe, LoRA on qkv, DTL, DTL+ and
+DTL+ with checkpointed suffix) on the same inputs it measures:
+
+- trainable parameters, backbone only and with the head;
+- activation bytes: tensors saved for backward in one training step,
+  storage-deduplicated, parameters excluded (device-independent);
+- peak memory of a training step: ``torch.cuda.max_memory_allocated`` on a GPU
+  (AMP on by default there), the process's peak resident memory on CPU (every
+  method runs in its own process so the peaks do not mix);
+- training step time (forward + backward + AdamW step) and inference
+  throughput: medians of repeated runs after warm-up.
+
+It writes ``benchmark.md``, ``benchmark.csv`` and ``benchmark.png`` (memory vs
+trainable parameters, one marker per method, as in the paper's Figure 1)
+under ``--work-dir``.
+
+Example::
+
+    python tools/analysis/benchmark.py --arch vit-b --batch-size 4
+    python tools/analysis/benchmark.py --arch vit-b --batch-size 32 --device cuda
+"""
+import argparse
+import csv
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ARCHS = {
+    # name: (backbone cfg, embed dims, DTL csn cfg of the released recipe)
+    'vit-b': (dict(type='VisionTransformer', arch='b', img_size=224, patch_size=16),
+              dict(rank=2, taps=list(range(12)), start=6, kernel=3)),
+    'swin-b': (dict(type='SwinTransformer', arch='base', img_size=224),
+               dict(rank=4, taps=list(range(4, 24)), start=14, kernel=5)),
+    # A tiny arch for tests and quick checks.
+    'vit-tiny-test': (dict(type='VisionTransformer', img_size=32, patch_size=8,
+                           arch=dict(embed_dims=32, num_layers=4, num_heads=2,
+                                     feedforward_channels=64)),
+                      dict(rank=2, taps=list(range(4)), start=2, kernel=3)),
+}
+METHODS = ['full', 'linear', 'lora', 'dtl', 'dtl+', 'dtl+ckpt']
+COLUMNS = ['method', 'trainable_backbone', 'trainable_total', 'activation_mb',
+           'activation_vs_full', 'peak_mb', 'peak_kind', 'step_ms', 'step_vs_full',
+           'infer_img_s']
+
+
+class Classifier(torch.nn.Module):
+    """Backbone + (Swin: global average pooling) + linear head."""
+
+    def __init__(self, backbone: torch.nn.Module, num_classes: int, img_size: int):
+        super().__init__()
+        self.backbone = backbone
+        with torch.no_grad():
+            dims = self.features(torch.zeros(1, 3, img_size, img_size)).shape[-1]
+        self.head = torch.nn.Linear(dims, num_classes)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        feat = self.backbone(images)[-1]
+        return feat.mean(dim=(2, 3)) if feat.dim() == 4 else feat
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+def build_model(arch: str, method: str, num_classes: int, img_size: int) -> Classifier:
+    import mmdtl  # noqa: F401  (registers DTL backbones)
+    from mmpretrain.registry import MODELS
+
+    backbone, recipe = ARCHS[arch]
+    backbone = dict(backbone)
+    is_swin = backbone['type'] == 'SwinTransformer'
+    if not is_swin:
+        backbone.update(out_type='avg_featmap', final_norm=False)
+    if method == 'lora':
+        backbone = dict(type='LoRAModel', module=backbone, rank=8, alpha=8,
+                        targets=[dict(type='qkv')])
+    elif method.startswith('dtl'):
+        backbone['type'] = 'DTLSwin' if is_swin else 'DTLViT'
+        backbone['csn'] = dict(
+            type='CompactSideNetwork', rank=recipe['rank'], taps=recipe['taps'],
+            start=recipe['start'], dwconv_kernel=0 if method == 'dtl' else recipe['kernel'])
+        if method == 'dtl+ckpt':
+            backbone['checkpoint_suffix'] = True
+    elif method not in ('full', 'linear'):
+        raise ValueError(f'--methods: unknown method {method!r}; choose from {METHODS}')
+    backbone = MODELS.build(backbone)
+    if method == 'linear':
+        backbone.requires_grad_(False)
+    return Classifier(backbone, num_classes, img_size)
+
+
+def measure(args, method: str) -> dict:
+    """All figures of one method, measured in this process."""
+    from mmdtl.utils import saved_activation_bytes
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = build_model(args.arch, method, args.num_classes, args.img_size).to(device).train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
+    labels = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    amp = args.amp and device.type == 'cuda'
+
+    def loss_fn():
+        with torch.autocast(device.type, enabled=amp, dtype=torch.float16):
+            return torch.nn.functional.cross_entropy(model(images), labels)
+
+    scaler = torch.amp.GradScaler(enabled=amp)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss_fn()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    def sync():
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+
+    def median_seconds(fn):
+        times = []
+        for i in range(args.warmup + args.repeats):
+            sync()
+            tic = time.perf_counter()
+            fn()
+            sync()
+            if i >= args.warmup:
+                times.append(time.perf_counter() - tic)
+        return statistics.median(times)
+
+    result = dict(method=method)
+    result['trainable_backbone'] = sum(p.numel() for p in model.backbone.parameters()
+                                       if p.requires_grad)
+    result['trainable_total'] = sum(p.numel() for p in trainable)
+    result['activation_mb'] = saved_activation_bytes(model, loss_fn) / 2**20
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    result['step_ms'] = 1000 * median_seconds(train_step)
+    if device.type == 'cuda':
+        result['peak_mb'] = torch.cuda.max_memory_allocated() / 2**20
+        result['peak_kind'] = 'cuda max allocated'
+    else:
+        result['peak_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result['peak_kind'] = 'process peak RSS'
+
+    model.eval()
+    with torch.no_grad(), torch.autocast(device.type, enabled=amp, dtype=torch.float16):
+        result['infer_img_s'] = args.batch_size / median_seconds(lambda: model(images))
+    return result
+
+
+def run_isolated(args, method: str) -> dict:
+    """Run one method in a fresh process so CPU peak RSS is its own."""
+    cmd = [sys.executable, os.path.abspath(__file__), '--single', method,
+           '--arch', args.arch, '--batch-size', str(args.batch_size),
+           '--img-size', str(args.img_size), '--num-classes', str(args.num_classes),
+           '--device', args.device, '--warmup', str(args.warmup),
+           '--repeats', str(args.repeats)] + (['--no-amp'] if not args.amp else [])
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f'benchmark of {method!r} failed:\n{out.stderr[-3000:]}')
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def add_ratios(rows: list) -> None:
+    full = next((r for r in rows if r['method'] == 'full'), None)
+    for row in rows:
+        row['activation_vs_full'] = (row['activation_mb'] / full['activation_mb']
+                                     if full and full['activation_mb'] else float('nan'))
+        row['step_vs_full'] = row['step_ms'] / full['step_ms'] if full else float('nan')
+
+
+def fmt(value) -> str:
+    if isinstance(value, float):
+        return f'{value:.3f}' if abs(value) < 10 else f'{value:.1f}'
+    if isinstance(value, int):
+        return f'{value:,}'
+    return str(value)
+
+
+def write_outputs(args, rows: list) -> dict:
+    work_dir = Path(args.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    title = (f'{args.arch}, {args.img_size}px, batch {args.batch_size}, '
+             f'{args.device}{" + AMP" if args.amp and args.device.startswith("cuda") else ""}')
+    lines = [f'# Fine-tuning memory and speed: {title}', '',
+             '| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
+    lines += ['| ' + ' | '.join(fmt(r[c]) for c in COLUMNS) + ' |' for r in rows]
+    md = work_dir / 'benchmark.md'
+    md.write_text('\n'.join(lines) + '\n')
+    with open(work_dir / 'benchmark.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for row, marker in zip(rows, 'osD^v*P'):
+        x = max(row['trainable_backbone'], 1)
+        ax.scatter(x, row['activation_mb'], s=80, marker=marker, label=row['method'])
+        ax.annotate(row['method'], (x, row['activation_mb']), textcoords='offset points',
+                    xytext=(6, 4))
+    ax.set_xscale('log')
+    ax.set_xlabel('trainable backbone parameters (log)')
+    ax.set_ylabel('activation memory saved for backward (MB)')
+    ax.set_title(title)
+    ax.grid(alpha=.3)
+    fig.tight_layout()
+    fig.savefig(work_dir / 'benchmark.png', dpi=120)
+    plt.close(fig)
+    return dict(md=str(md), csv=str(work_dir / 'benchmark.csv'),
+                png=str(work_dir / 'benchmark.png'))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--arch', default='vit-b', choices=sorted(ARCHS))
+    parser.add_argument('--methods', nargs='+', default=METHODS, choices=METHODS)
+    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--num-classes', type=int, default=100)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--no-amp', dest='amp', action='store_false',
+                        help='fp32 on GPU too (AMP is only ever used on CUDA)')
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--work-dir', default='work_dirs/benchmark')
+    parser.add_argument('--single', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
+        parser.error('--batch-size and --repeats must be >= 1, --warmup >= 0')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.single:
+        print(json.dumps(measure(args, args.single)))
+        return
+    rows = []
+    for i, method in enumerate(args.methods, 1):
+        print(f'[{i}/{len(args.methods)}] {args.arch} {method} ...', flush=True)
+        row = run_isolated(args, method)
+        rows.append(row)
+        print(f'    trainable {row["trainable_backbone"]:,}  activations '
+              f'{row["activation_mb"]:.1f} MB  peak {row["peak_mb"]:.0f} MB  '
+              f'step {row["step_ms"]:.0f} ms', flush=True)
+    add_ratios(rows)
+    paths = write_outputs(args, rows)
+    print(Path(paths['md']).read_text())
+    print('wrote', ', '.join(paths.values()))
+
+
+if __name__ == '__main__':
+    main()
