@@ -1,0 +1,255 @@
+# Copyright (c) OpenMMLab. All rights reserved.
+"""Train a model from an OpenMMLab config (mmpretrain or mmdet scope).
+
+Examples::
+
+    python tools/train.py configs/dtl/vit-demo_digits.py
+    python tools/train.py CONFIG --resume                 # latest in work_dir
+    python tools/train.py CONFIG --resume PATH.pth --cfg-options train_cfg.max_epochs=200
+    bash tools/dist_train.sh CONFIG 8 [ARGS]              # torchrun
+"""
+import argparse
+import copy
+import datetime
+import os
+import os.path as osp
+import subprocess
+
+import torch.distributed as torch_dist
+from mmengine.config import Config, DictAction
+from mmengine.device import is_cuda_available, is_mlu_available, is_musa_available, is_npu_available
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+import mmdtl  # noqa: F401  (registers DTL models, datasets, hooks)
+from mmdtl.utils import register_safe_globals
+
+
+class CfgOptionsAction(DictAction):
+    """``DictAction`` whose parse errors name the offending option."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for kv in values or []:
+            if '=' not in kv or not kv.split('=', 1)[0]:
+                parser.error(f'{option_string}: expected KEY=VALUE, got {kv!r}')
+        try:
+            super().__call__(parser, namespace, values, option_string)
+        except Exception as e:  # malformed lists/tuples in a value
+            parser.error(f'{option_string}: cannot parse {values!r}: {e}')
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Train a model')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from the given checkpoint; without a path, resume from the latest '
+        'checkpoint in the work directory')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        help='enable automatic mixed precision training (GPU only: falls back to fp32 on '
+        'a machine without CUDA)')
+    parser.add_argument(
+        '--no-validate', action='store_true', help='do not evaluate checkpoints during training')
+    parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help='scale the learning rate by the total batch size (needs auto_scale_lr in the config)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=CfgOptionsAction,
+        help='override settings in the config, e.g. train_cfg.max_epochs=2 '
+        'train_dataloader.batch_size=4; a list is key="[a,b]" or key=a,b')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    # torch.distributed.launch passes --local_rank, torchrun sets LOCAL_RANK.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def load_config(path: str, options: dict = None) -> Config:
+    """Read a config and apply ``--cfg-options``, naming what is at fault."""
+    if not osp.isfile(path):
+        raise SystemExit(f'Config file not found: {path}')
+    try:
+        cfg = Config.fromfile(path)
+    except Exception as e:
+        raise SystemExit(f'Cannot read config {path}: {type(e).__name__}: {e}') from e
+    if options:
+        try:
+            cfg.merge_from_dict(options)
+        except Exception as e:
+            # Find the option at fault (merging alone) for the message.
+            culprit = next((f'{k}={v!r}' for k, v in options.items()
+                            if not _merges(copy.deepcopy(cfg), k, v)), 'one of them')
+            raise SystemExit(f'Invalid --cfg-options {culprit} for config {path}: '
+                             f'{type(e).__name__}: {e}') from e
+    return cfg
+
+
+def _merges(cfg: Config, key: str, value) -> bool:
+    try:
+        cfg.merge_from_dict({key: value})
+        return True
+    except Exception:
+        return False
+
+
+def _amp_capable() -> bool:
+    """Whether AmpOptimWrapper can run here (the devices mmengine accepts)."""
+    return (is_cuda_available() or is_npu_available() or is_mlu_available()
+            or is_musa_available())
+
+
+def _type_name(cfg_type) -> str:
+    name = cfg_type if isinstance(cfg_type, str) else getattr(cfg_type, '__name__', '')
+    return name.split('.')[-1]
+
+
+def setup_amp(cfg: Config, amp: bool, notes: list) -> None:
+    """Turn ``--amp`` on, or fall back to fp32 where there is no GPU."""
+    optim_wrapper = cfg.get('optim_wrapper')
+    if optim_wrapper is None:
+        if amp:
+            raise SystemExit('--amp needs an optim_wrapper in the config.')
+        return
+    wrapper_type = _type_name(optim_wrapper.get('type', 'OptimWrapper'))
+    if amp and wrapper_type == 'OptimWrapper':
+        optim_wrapper.type = 'AmpOptimWrapper'
+        optim_wrapper.setdefault('loss_scale', 'dynamic')
+        wrapper_type = 'AmpOptimWrapper'
+    elif amp and wrapper_type != 'AmpOptimWrapper':
+        raise SystemExit(f'--amp: optim_wrapper type {wrapper_type} is neither OptimWrapper '
+                         'nor AmpOptimWrapper; set the AMP wrapper in the config instead.')
+    if wrapper_type == 'AmpOptimWrapper' and not _amp_capable():
+        # AMP is a GPU recipe; on CPU the same recipe runs in fp32.
+        optim_wrapper.type = 'OptimWrapper'
+        for key in ('loss_scale', 'dtype', 'use_fsdp'):
+            optim_wrapper.pop(key, None)
+        notes.append('AMP requested (AmpOptimWrapper) but no CUDA device is available: '
+                     'falling back to OptimWrapper (fp32 training).')
+
+
+def setup_cpu_distributed(cfg: Config, launcher: str, notes: list) -> None:
+    """Distributed training without CUDA: gloo, and no GPU device ids.
+
+    mmengine's ``init_dist`` always calls ``torch.cuda.set_device``, which
+    fails on a machine without CUDA, so the process group is initialised
+    here (the Runner then finds it initialised and keeps it); DDP wraps a CPU
+    module only with ``device_ids=None``.
+    """
+    env_cfg = cfg.setdefault('env_cfg', {})
+    dist_cfg = env_cfg.setdefault('dist_cfg', {})
+    if dist_cfg.get('backend', 'nccl') != 'gloo':
+        notes.append(f'No CUDA device: distributed backend {dist_cfg.get("backend", "nccl")!r} '
+                     "replaced by 'gloo'.")
+        dist_cfg['backend'] = 'gloo'
+    wrapper = cfg.get('model_wrapper_cfg')
+    if wrapper is None:
+        cfg.model_wrapper_cfg = dict(
+            type='MMDistributedDataParallel',
+            device_ids=None,
+            broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
+    else:
+        wrapper.setdefault('device_ids', None)
+
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        return
+    kwargs = {k: v for k, v in dist_cfg.items() if k not in ('backend', 'port')}
+    if kwargs.get('timeout') is not None:
+        kwargs['timeout'] = datetime.timedelta(seconds=kwargs['timeout'])
+    if launcher == 'slurm':
+        # As mmengine's slurm init, minus the CUDA device.
+        os.environ.setdefault('MASTER_PORT', str(dist_cfg.get('port', 29500)))
+        if 'MASTER_ADDR' not in os.environ:
+            os.environ['MASTER_ADDR'] = subprocess.getoutput(
+                f'scontrol show hostname {os.environ["SLURM_NODELIST"]} | head -n1')
+        os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
+        os.environ['RANK'] = os.environ['SLURM_PROCID']
+        os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
+    elif launcher == 'mpi':
+        os.environ.setdefault('MASTER_PORT', str(dist_cfg.get('port', 29500)))
+        if 'MASTER_ADDR' not in os.environ:
+            raise SystemExit('--launcher mpi: set MASTER_ADDR to the address of rank 0.')
+        os.environ['WORLD_SIZE'] = os.environ['OMPI_COMM_WORLD_SIZE']
+        os.environ['RANK'] = os.environ['OMPI_COMM_WORLD_RANK']
+        os.environ['LOCAL_RANK'] = os.environ.get('OMPI_COMM_WORLD_LOCAL_RANK', '0')
+    torch_dist.init_process_group(
+        backend='gloo',
+        rank=int(os.environ['RANK']),
+        world_size=int(os.environ['WORLD_SIZE']),
+        **kwargs)
+
+
+def merge_args(cfg: Config, args, notes: list) -> Config:
+    """Apply the command line to the config."""
+    cfg.launcher = args.launcher
+    # work_dir priority: CLI > config > ./work_dirs/<config name>
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+
+    setup_amp(cfg, args.amp, notes)
+
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        if '://' not in args.resume and not osp.isfile(args.resume):
+            raise SystemExit(f'--resume: checkpoint not found: {args.resume}')
+        cfg.resume = True
+        cfg.load_from = args.resume
+
+    if args.no_validate:
+        cfg.val_cfg = None
+        cfg.val_dataloader = None
+        cfg.val_evaluator = None
+
+    if args.auto_scale_lr:
+        if 'base_batch_size' not in (cfg.get('auto_scale_lr') or {}):
+            raise SystemExit('--auto-scale-lr needs `auto_scale_lr = dict(base_batch_size=...)` '
+                             f'in {args.config}.')
+        cfg.auto_scale_lr.enable = True
+
+    if args.launcher != 'none' and not _amp_capable():
+        setup_cpu_distributed(cfg, args.launcher, notes)
+    return cfg
+
+
+def main():
+    args = parse_args()
+    # Weights-only loading that can resume mmengine checkpoints (explicit,
+    # as mmdet configs may not import mmdtl).
+    register_safe_globals()
+    cfg = load_config(args.config, args.cfg_options)
+    notes = []
+    cfg = merge_args(cfg, args, notes)
+
+    # 'runner_type' lets a config pick a custom runner (e.g. FlexibleRunner).
+    if 'runner_type' not in cfg:
+        runner = Runner.from_cfg(cfg)
+    else:
+        runner = RUNNERS.build(cfg)
+    for note in notes:  # logged once the runner's log file exists
+        runner.logger.warning(note)
+    runner.train()
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+if __name__ == '__main__':
+    main()
