@@ -46,14 +46,15 @@ class CompactSideNetwork(BaseModule):
         num_layers (int): Number of blocks of the backbone.
         rank (int): Rank ``d'`` of every projection. Defaults to 2.
         taps (Sequence[int], optional): Global indices of the blocks whose
-            input is projected into the running sum. Defaults to all blocks.
+            input is projected into the running sum. Defaults to every block
+            of the stages that add back (all blocks of a ViT).
         start (int, optional): ``M``, the first block after which the side
             output is added back; it is added after every block ``>= M``.
             Defaults to ``num_layers // 2``.
         beta (float): Slope of the Swish activation. Defaults to 100.
         dwconv_kernel (int): Kernel size of the depthwise convolution of
-            DTL+; 0 means plain DTL (no convolution). Must be odd.
-            Defaults to 0.
+            DTL+ ('same' padding, so even sizes work as in the release);
+            0 means plain DTL (no convolution). Defaults to 0.
         stages (Sequence[int], optional): Stage index of every block, used by
             hierarchical backbones. Defaults to one stage.
         recompute_side_output (bool): Keep only the running sum for backward
@@ -90,19 +91,27 @@ class CompactSideNetwork(BaseModule):
         if not isinstance(start, int) or not 0 <= start < num_layers:
             raise ValueError(f'csn.start (M, the first add-back block) must be an int '
                              f'in [0, {num_layers - 1}], got {start!r}')
-        taps = list(range(num_layers)) if taps is None else sorted(set(taps))
+        if not isinstance(dwconv_kernel, int) or dwconv_kernel < 0:
+            raise ValueError(f'csn.dwconv_kernel must be 0 (DTL) or a kernel size >= 1 '
+                             f'(DTL+), got {dwconv_kernel!r}')
+        stages = [0] * num_layers if stages is None else list(stages)
+        if len(stages) != num_layers or any(b < a for a, b in zip(stages, stages[1:])):
+            raise ValueError('csn: stages must give a non-decreasing stage index per block')
+        last_of_stage = {stage: i for i, stage in enumerate(stages)}
+        if taps is None:  # every block of the stages that add back
+            taps = [i for i in range(num_layers) if last_of_stage[stages[i]] >= start]
+        taps = sorted(set(taps))
         if not taps:
             raise ValueError('csn.taps must name at least one block')
         bad = [t for t in taps if not isinstance(t, int) or not 0 <= t < num_layers]
         if bad:
             raise ValueError(f'csn.taps must be block indices in [0, {num_layers - 1}], got {bad}')
-        if not isinstance(dwconv_kernel, int) or dwconv_kernel < 0 or (
-                dwconv_kernel > 0 and dwconv_kernel % 2 == 0):
-            raise ValueError(f'csn.dwconv_kernel must be 0 (DTL) or an odd int >= 1 '
-                             f'(DTL+, "same" padding), got {dwconv_kernel!r}')
-        stages = [0] * num_layers if stages is None else list(stages)
-        if len(stages) != num_layers or any(b < a for a, b in zip(stages, stages[1:])):
-            raise ValueError('csn: stages must give a non-decreasing stage index per block')
+        # The sum restarts at every stage: a tap whose stage ends before M never matters.
+        dead = [t for t in taps if last_of_stage[stages[t]] < start]
+        if dead:
+            raise ValueError(f'csn.taps {dead} feed the running sum of a stage that ends before '
+                             f'the first add-back block (start={start}), so they would never '
+                             f'be used')
         for i in range(start, num_layers):
             if not any(t <= i and stages[t] == stages[i] for t in taps):
                 raise ValueError(f'csn: block {i} adds back (start={start}) but no tap '
@@ -128,9 +137,10 @@ class CompactSideNetwork(BaseModule):
         if dwconv_kernel > 0:
             for stage in sorted({stages[i] for i in range(start, num_layers)}):
                 dim = embed_dims[stages.index(stage)]
+                # 'same' padding as the release: even kernels pad one more
+                # on the bottom/right (the released ViT recipes use k=4).
                 self.dwconvs[str(stage)] = nn.Conv2d(
-                    dim, dim, dwconv_kernel, padding=dwconv_kernel // 2,
-                    groups=dim, bias=False)
+                    dim, dim, dwconv_kernel, padding='same', groups=dim, bias=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

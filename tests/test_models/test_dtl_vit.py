@@ -42,14 +42,16 @@ def reference_forward(model, images):
             if csn.dwconv_kernel:
                 weight = csn.dwconvs['0'].weight
                 patches = side[:, 1:].transpose(1, 2).reshape(len(images), -1, *grid)
-                patches = F.conv2d(patches, weight, padding=csn.dwconv_kernel // 2,
-                                   groups=patches.shape[1])
+                # 'same' padding; an even kernel pads one more at the end.
+                k = csn.dwconv_kernel
+                patches = F.pad(patches, ((k - 1) // 2, k // 2, (k - 1) // 2, k // 2))
+                patches = F.conv2d(patches, weight, groups=patches.shape[1])
                 side = torch.cat([side[:, :1], patches.flatten(2).transpose(1, 2)], dim=1)
             tokens = tokens + side
     return model.ln2(tokens[:, 1:].mean(dim=1))
 
 
-@pytest.mark.parametrize('kernel', [0, 3, 5])
+@pytest.mark.parametrize('kernel', [0, 3, 4, 5])
 @pytest.mark.parametrize('start,taps', [(2, None), (1, [0, 2]), (0, [0])])
 def test_equations_match_direct_computation(kernel, start, taps):
     model = tiny_vit(start=start, taps=taps, kernel=kernel).eval()
@@ -220,7 +222,7 @@ def test_pretrained_final_norm_loads_into_ln2(tmp_path):
     (dict(start=-1), r'csn.start'),
     (dict(rank=0), r'csn.rank must be an int >= 1'),
     (dict(taps=[0, 7]), r'csn.taps .* \[0, 3\].*\[7\]'),
-    (dict(dwconv_kernel=4), r'csn.dwconv_kernel .* odd'),
+    (dict(dwconv_kernel=-3), r'csn.dwconv_kernel must be 0 \(DTL\) or a kernel size >= 1'),
     (dict(taps=[3], start=1), r'block 1 adds back'),
 ])
 def test_bad_csn_options(csn, match):

@@ -1,0 +1,172 @@
+"""DTL on mmpretrain's SwinTransformer: the glue that says where the
+Compact Side Network taps and where it adds back, stage by stage."""
+from typing import Iterator, List
+
+import torch
+import torch.nn as nn
+from mmpretrain.models.backbones import SwinTransformer
+from mmpretrain.models.utils import resize_pos_embed
+from mmpretrain.registry import MODELS
+
+from ..side_network import build_side_network
+
+
+@MODELS.register_module()
+class DTLSwin(SwinTransformer):
+    """Swin Transformer fine-tuned with Disentangled Transfer Learning.
+
+    A frozen :class:`mmpretrain.models.SwinTransformer` (any arch of its zoo,
+    any input size) plus a Compact Side Network built from ``csn``. Blocks
+    are numbered globally across stages (Swin-B: 0-23). Before block ``i``
+    the CSN reads the block's input; after every block ``i >= csn.start``
+    (``M``) its output is added to the token stream, before the stage's
+    patch merging, as in the released code. The running sum restarts at
+    every stage and each stage that adds back has its own depthwise conv,
+    applied on the stage's real token grid. Until block ``M`` the trunk
+    never sees task-specific input, so when it is frozen it runs under
+    ``torch.no_grad()`` and keeps no activations for backward.
+
+    ``out_indices``, the per-stage norms ``norm{i}``,
+    ``out_after_downsample``, ``pad_small_map`` and the other arguments of
+    the parent keep working, for classification (with a
+    ``GlobalAveragePooling`` neck) and for dense prediction.
+
+    Args:
+        csn (dict): Config of the side network, e.g.
+            ``dict(type='CompactSideNetwork', rank=4,
+            taps=list(range(4, 24)), start=14, dwconv_kernel=5)``;
+            ``embed_dims``, ``num_layers`` and ``stages`` are filled in from
+            the backbone.
+        freeze_backbone (bool): Freeze every parameter outside the side
+            network. Defaults to True.
+        **kwargs: Other arguments of :class:`SwinTransformer`.
+    """
+
+    def __init__(self,
+                 *args,
+                 csn: dict = dict(type='CompactSideNetwork'),
+                 freeze_backbone: bool = True,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            self.requires_grad_(False)
+        block_dims = [stage.embed_dims for stage in self.stages for _ in stage.blocks]
+        block_stages = [i for i, stage in enumerate(self.stages) for _ in stage.blocks]
+        if isinstance(csn, dict):
+            self._check_csn_cfg(csn, embed_dims=block_dims, num_layers=len(block_dims),
+                                stages=block_stages)
+        self.csn = build_side_network(
+            csn, embed_dims=block_dims, num_layers=len(block_dims), stages=block_stages)
+        if (self.csn.num_layers != len(block_dims) or list(self.csn.embed_dims) != block_dims
+                or list(self.csn.stages) != block_stages):
+            raise ValueError(
+                f'csn was built for {self.csn.num_layers} blocks of dims '
+                f'{list(self.csn.embed_dims)} in stages {list(self.csn.stages)}, but the '
+                f'backbone (depths {list(self.depths)}) has blocks of dims {block_dims} '
+                f'in stages {block_stages}')
+
+    @staticmethod
+    def _check_csn_cfg(csn: dict, **backbone) -> None:
+        """The backbone fills in these csn options; one set by hand must agree."""
+        for key, value in backbone.items():
+            if key not in csn:
+                continue
+            given = csn[key]
+            if key == 'embed_dims' and isinstance(given, int):
+                given = [given] * len(value)
+            if isinstance(given, (list, tuple)):
+                given = list(given)
+            if given != value:
+                raise ValueError(
+                    f'csn.{key}={csn[key]!r} does not match the backbone, which has '
+                    f'{key}={value}; leave it out of the csn config (DTLSwin fills it in)')
+
+    def _prefix_modules(self) -> Iterator[nn.Module]:
+        """The trunk modules whose input cannot depend on the side network:
+        everything up to block M, patch merging included."""
+        yield self.patch_embed
+        index = 0
+        for stage in self.stages:
+            for block in stage.blocks:
+                if index > self.csn.start:
+                    return
+                yield block
+                index += 1
+            if stage.downsample is not None and index <= self.csn.start:
+                yield stage.downsample
+
+    def _frozen_prefix(self) -> bool:
+        """True when nothing up to block M can receive a gradient."""
+        params = [p for m in self._prefix_modules() for p in m.parameters()]
+        if self.use_abs_pos_embed:
+            params.append(self.absolute_pos_embed)
+        return not any(p.requires_grad for p in params)
+
+    def _format_output(self, stage_index: int, x: torch.Tensor, hw_shape) -> torch.Tensor:
+        out = getattr(self, f'norm{stage_index}')(x)
+        return out.view(-1, *hw_shape, self.num_features[stage_index]).permute(
+            0, 3, 1, 2).contiguous()
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        grad_enabled = torch.is_grad_enabled()
+        no_grad_prefix = self._frozen_prefix()
+        start = self.csn.start
+
+        def trunk_grad(num_done: int):
+            # Until block M's output receives the side output, the frozen
+            # trunk only sees the image: record no graph for it.
+            return torch.set_grad_enabled(
+                grad_enabled and not (no_grad_prefix and num_done <= start))
+
+        with trunk_grad(0):
+            x, hw_shape = self.patch_embed(x)
+            if self.use_abs_pos_embed:
+                x = x + resize_pos_embed(
+                    self.absolute_pos_embed, self.patch_resolution, hw_shape,
+                    self.interpolate_mode, self.num_extra_tokens)
+            x = self.drop_after_pos(x)
+
+        outs: List[torch.Tensor] = []
+        running_sum = None
+        index = 0  # global block index
+        for i, stage in enumerate(self.stages):
+            for block in stage.blocks:
+                running_sum = self.csn.tap(index, x, running_sum)
+                with trunk_grad(index):
+                    x = block(x, hw_shape)
+                # The block output is on the unpadded grid: window padding
+                # is undone inside the block.
+                x = self.csn.add_back(index, x, running_sum, hw_shape)
+                index += 1
+            if stage.downsample is not None and self.out_after_downsample:
+                with trunk_grad(index):
+                    x, hw_shape = stage.downsample(x, hw_shape)
+            if i in self.out_indices:
+                outs.append(self._format_output(i, x, hw_shape))
+            if stage.downsample is not None and not self.out_after_downsample:
+                with trunk_grad(index):
+                    x, hw_shape = stage.downsample(x, hw_shape)
+        return tuple(outs)
+
+    def train(self, mode: bool = True) -> 'DTLSwin':
+        # The parent's train() (frozen_stages, norm_eval) returns None, which
+        # breaks ``model.eval()`` chaining; keep its behaviour, return self.
+        super().train(mode)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        """Rename old (mmcls < v2) keys as the parent does; the parent skips
+        this for subclasses."""
+        version = local_metadata.get('version', None)
+        if version is None or version < 2:
+            final_norm = f'norm{len(self.stages) - 1}.'
+            for key in [k for k in state_dict if k.startswith(prefix + 'norm.')]:
+                new_key = prefix + final_norm + key[len(prefix + 'norm.'):]
+                state_dict[new_key] = state_dict.pop(key)
+        if version is None or version < 3:
+            for key in [k for k in state_dict if k.startswith(prefix) and 'attn_mask' in k]:
+                del state_dict[key]
+        # Skip SwinTransformer's renaming (done above) and load as nn.Module.
+        super(SwinTransformer, self)._load_from_state_dict(
+            state_dict, prefix, local_metadata, *args, **kwargs)
