@@ -71,8 +71,9 @@ class Classifier(torch.nn.Module):
 
 
 def build_model(arch: str, method: str, num_classes: int, img_size: int) -> Classifier:
-    import mmdtl  # noqa: F401  (registers DTL backbones)
     from mmpretrain.registry import MODELS
+
+    import mmdtl  # noqa: F401  (registers DTL backbones)
 
     backbone, recipe = ARCHS[arch]
     backbone = dict(backbone)
