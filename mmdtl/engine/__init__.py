@@ -1,4 +1,5 @@
 from .hooks import TaskCheckpointHook
+from .prefix_cache_hook import PrefixCacheHook, random_transforms
 from .task_checkpoint import (
                               BackboneMismatchError,
                               backbone_fingerprint,
@@ -9,6 +10,7 @@ from .task_checkpoint import (
 )
 
 __all__ = [
+    'PrefixCacheHook', 'random_transforms',
     'TaskCheckpointHook', 'BackboneMismatchError', 'backbone_fingerprint',
     'load_backbone_weights', 'load_task_checkpoint', 'read_task_file', 'save_task_checkpoint'
 ]

@@ -11,9 +11,9 @@ def test_benchmark_tool_tiny(tmp_path, repo_root):
          '--device', 'cpu', '--work-dir', str(tmp_path)],
         cwd=repo_root, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert '[6/6]' in out.stdout
+    assert '[7/7]' in out.stdout
     rows = {r['method']: r for r in csv.DictReader(open(tmp_path / 'benchmark.csv'))}
-    assert list(rows) == ['full', 'linear', 'lora', 'dtl', 'dtl+', 'dtl+ckpt']
+    assert list(rows) == ['full', 'linear', 'lora', 'dtl', 'dtl+', 'dtl+ckpt', 'dtl+cache']
     act = {m: float(r['activation_mb']) for m, r in rows.items()}
     assert act['dtl+'] < act['lora'] < act['full']
     assert act['dtl+ckpt'] < act['dtl+']

@@ -1,7 +1,8 @@
 """Side-by-side memory and speed benchmark of fine-tuning methods.
 
-For every method (full fine-tuning, linear probe, LoRA on qkv, DTL, DTL+ and
-DTL+ with checkpointed suffix) on the same inputs it measures:
+For every method (full fine-tuning, linear probe, LoRA on qkv, DTL, DTL+,
+DTL+ with checkpointed suffix and DTL+ with a warm frozen-prefix cache) on
+the same inputs it measures:
 
 - trainable parameters, backbone only and with the head;
 - activation bytes: tensors saved for backward in one training step,
@@ -46,7 +47,7 @@ ARCHS = {
                                      feedforward_channels=64)),
                       dict(rank=2, taps=list(range(4)), start=2, kernel=3)),
 }
-METHODS = ['full', 'linear', 'lora', 'dtl', 'dtl+', 'dtl+ckpt']
+METHODS = ['full', 'linear', 'lora', 'dtl', 'dtl+', 'dtl+ckpt', 'dtl+cache']
 COLUMNS = ['method', 'trainable_backbone', 'trainable_total', 'activation_mb',
            'activation_vs_full', 'peak_mb', 'peak_kind', 'step_ms', 'step_vs_full',
            'infer_img_s']
@@ -90,6 +91,11 @@ def build_model(arch: str, method: str, num_classes: int, img_size: int) -> Clas
             start=recipe['start'], dwconv_kernel=0 if method == 'dtl' else recipe['kernel'])
         if method == 'dtl+ckpt':
             backbone['checkpoint_suffix'] = True
+        if method == 'dtl+cache':
+            if is_swin:
+                raise ValueError('--methods: dtl+cache is implemented for DTLViT only')
+            # Warm cache: the first (activation-measuring) step fills it.
+            backbone['prefix_cache'] = dict(storage='device')
     elif method not in ('full', 'linear'):
         raise ValueError(f'--methods: unknown method {method!r}; choose from {METHODS}')
     backbone = MODELS.build(backbone)

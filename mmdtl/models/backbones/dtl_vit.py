@@ -1,11 +1,15 @@
 """DTL on mmpretrain's VisionTransformer: the glue that says where the
 Compact Side Network taps and where it adds back."""
+from typing import Optional, Tuple
+
 import torch
+import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmpretrain.models.backbones import VisionTransformer
 from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
+from ..prefix_cache import PrefixFeatureCache
 from ..side_network import build_side_network
 
 
@@ -38,6 +42,12 @@ class DTLViT(VisionTransformer):
             CSN taps keep anyway) and are recomputed during backward, still
             passing gradients to the side network. Trades compute for
             memory. Defaults to False.
+        prefix_cache (dict, optional): Cache the frozen prefix's features
+            per image and skip the prefix forward on a hit (see
+            :class:`PrefixFeatureCache` for the keys, e.g.
+            ``dict(storage='device')``). Needs a deterministic prefix
+            (no drop path or dropout in blocks ``0..M``) and ``out_indices``
+            after ``M``. Defaults to None (no cache).
         out_type (str): See :class:`VisionTransformer`.
             Defaults to ``'avg_featmap'``.
         final_norm (bool): See :class:`VisionTransformer`. Defaults to False.
@@ -49,6 +59,7 @@ class DTLViT(VisionTransformer):
                  csn: dict = dict(type='CompactSideNetwork'),
                  freeze_backbone: bool = True,
                  checkpoint_suffix: bool = False,
+                 prefix_cache: Optional[dict] = None,
                  out_type: str = 'avg_featmap',
                  final_norm: bool = False,
                  **kwargs):
@@ -66,6 +77,28 @@ class DTLViT(VisionTransformer):
                 f'{sorted(set(self.csn.embed_dims))}, but the backbone has '
                 f'{self.num_layers} blocks of {self.embed_dims} dims')
         self._register_load_state_dict_pre_hook(self._final_norm_into_ln2)
+        self.prefix_cache = None
+        if prefix_cache is not None:
+            self._check_cacheable()
+            self.prefix_cache = PrefixFeatureCache(**prefix_cache)
+            # New weights make every cached feature stale.
+            self.register_load_state_dict_post_hook(
+                lambda module, incompatible: module.prefix_cache.clear())
+
+    def _check_cacheable(self) -> None:
+        start = self.csn.start
+        stochastic = [i for i, layer in enumerate(self.layers[:start + 1]) if any(
+            getattr(m, 'drop_prob', 0) > 0 or (isinstance(m, nn.Dropout) and m.p > 0)
+            for m in layer.modules())]
+        if stochastic or self.drop_after_pos.p > 0:
+            raise ValueError(
+                f'prefix_cache needs a deterministic prefix, but blocks {stochastic} (<= '
+                f'csn.start={start}) use drop path/dropout during training; set '
+                f'drop_path_rate=0 and drop_rate=0, or remove prefix_cache')
+        early = [i for i in self.out_indices if i <= start]
+        if early:
+            raise ValueError(f'prefix_cache: out_indices {early} lie in the cached prefix '
+                             f'(<= csn.start={start}); only later outputs are computed')
 
     def train(self, mode: bool = True) -> 'DTLViT':
         # mmpretrain's BaseBackbone.train returns None; keep nn.Module's chaining.
@@ -99,35 +132,61 @@ class DTLViT(VisionTransformer):
                 f'patch size {patch[0]}x{patch[1]}; resize or pad the images '
                 f'(e.g. the Resize scale in the data pipeline)')
 
+    def _embed(self, images: torch.Tensor) -> Tuple[torch.Tensor, tuple]:
+        """Patch embedding, cls token, position embedding (any grid)."""
+        x, grid = self.patch_embed(images)
+        if self.cls_token is not None:
+            x = torch.cat((self.cls_token.expand(len(images), -1, -1), x), dim=1)
+        x = x + resize_pos_embed(
+            self.pos_embed, self.patch_resolution, grid,
+            mode=self.interpolate_mode, num_extra_tokens=self.num_extra_tokens)
+        return self.pre_norm(self.drop_after_pos(x)), grid
+
+    @torch.no_grad()
+    def _prefix_features(self, images: torch.Tensor) -> Tuple[dict, torch.Tensor, tuple]:
+        """What the side network and block M + 1 need from the frozen prefix:
+        the inputs of the tapped blocks <= M and the output of block M."""
+        x, grid = self._embed(images)
+        tap_inputs = {}
+        for i, layer in enumerate(self.layers[:self.csn.start + 1]):
+            if i in self.csn.taps:
+                tap_inputs[i] = x
+            x = layer(x)
+        return tap_inputs, x, grid
+
+    def _use_cache(self, no_grad_prefix: bool) -> bool:
+        cache = self.prefix_cache
+        return (cache is not None and cache.enabled and no_grad_prefix
+                and (self.training or cache.use_in_eval))
+
     def forward(self, x: torch.Tensor) -> tuple:
         self._check_input(x)
         grad_enabled = torch.is_grad_enabled()
         no_grad_prefix = self._frozen_prefix()
-        batch = x.shape[0]
-        with torch.set_grad_enabled(grad_enabled and not no_grad_prefix):
-            x, patch_resolution = self.patch_embed(x)
-            if self.cls_token is not None:
-                x = torch.cat((self.cls_token.expand(batch, -1, -1), x), dim=1)
-            x = x + resize_pos_embed(
-                self.pos_embed, self.patch_resolution, patch_resolution,
-                mode=self.interpolate_mode, num_extra_tokens=self.num_extra_tokens)
-            x = self.pre_norm(self.drop_after_pos(x))
+        if self._use_cache(no_grad_prefix):
+            # Blocks 0..M come from the cache: start the loop at M + 1.
+            tap_inputs, x, grid = self.prefix_cache.fetch(self, x, self._prefix_features)
+            first = self.csn.start + 1
+        else:
+            with torch.set_grad_enabled(grad_enabled and not no_grad_prefix):
+                x, grid = self._embed(x)
+            tap_inputs, first = {}, 0
 
         running_sum = None
         outs = []
         for i, layer in enumerate(self.layers):
-            running_sum = self.csn.tap(i, x, running_sum)
-            # Block i's input is task-independent up to M: no graph needed.
-            in_prefix = no_grad_prefix and i <= self.csn.start
-            with torch.set_grad_enabled(grad_enabled and not in_prefix):
-                if self.checkpoint_suffix and not in_prefix and x.requires_grad:
-                    x = cp.checkpoint(layer, x, use_reentrant=False)
-                else:
-                    x = layer(x)
-            x = self.csn.add_back(i, x, running_sum, patch_resolution,
-                                  self.num_extra_tokens)
+            running_sum = self.csn.tap(i, x if i >= first else tap_inputs.get(i), running_sum)
+            if i >= first:
+                # Block i's input is task-independent up to M: no graph needed.
+                in_prefix = no_grad_prefix and i <= self.csn.start
+                with torch.set_grad_enabled(grad_enabled and not in_prefix):
+                    if self.checkpoint_suffix and not in_prefix and x.requires_grad:
+                        x = cp.checkpoint(layer, x, use_reentrant=False)
+                    else:
+                        x = layer(x)
+            x = self.csn.add_back(i, x, running_sum, grid, self.num_extra_tokens)
             if i == len(self.layers) - 1 and self.final_norm:
                 x = self.ln1(x)
             if i in self.out_indices:
-                outs.append(self._format_output(x, patch_resolution))
+                outs.append(self._format_output(x, grid))
         return tuple(outs)
