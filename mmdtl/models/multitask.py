@@ -21,7 +21,6 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 from mmengine.model import BaseModel
-from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
 from mmdtl.engine.task_checkpoint import (
@@ -242,13 +241,7 @@ class MultiTaskDTL(BaseModel):
         starts = [csn.start for csn in csns]
         trunk_end = max(starts)
 
-        trunk, grid = bb.patch_embed(inputs)
-        if bb.cls_token is not None:
-            trunk = torch.cat((bb.cls_token.expand(batch, -1, -1), trunk), dim=1)
-        trunk = trunk + resize_pos_embed(
-            bb.pos_embed, bb.patch_resolution, grid, mode=bb.interpolate_mode,
-            num_extra_tokens=bb.num_extra_tokens)
-        trunk = bb.pre_norm(bb.drop_after_pos(trunk))
+        trunk, grid = bb._embed(inputs)
 
         sums: List[Optional[torch.Tensor]] = [None] * len(csns)
         streams: Dict[int, torch.Tensor] = {}  # tasks that have branched off
