@@ -1,4 +1,3 @@
-# Copyright (c) OpenMMLab. All rights reserved.
 """Write scikit-learn's bundled digits as a VTAB-1k task folder (no download)."""
 import os
 import os.path as osp

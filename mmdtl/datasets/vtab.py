@@ -1,10 +1,9 @@
-# Copyright (c) OpenMMLab. All rights reserved.
 """VTAB-1k in the layout of the common release (used by NOAH, DTL, ...)."""
 import os
 import os.path as osp
 import re
 from collections import OrderedDict
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from mmpretrain.datasets import BaseDataset
 from mmpretrain.registry import DATASETS
@@ -167,39 +166,87 @@ class VTAB1k(BaseDataset):
                 f'VTAB1k: split file {ann_file} does not exist. Split files present in '
                 f'{task_dir}: {", ".join(present) or "(none)"}.')
 
-        data_list = []
-        with open(ann_file, encoding='utf-8') as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                where = f'{ann_file}, line {lineno}'
-                parts = line.rsplit(maxsplit=1)
-                if len(parts) != 2:
-                    raise ValueError(f'VTAB1k: malformed line in {where}: {line!r}; '
-                                     'expected "<relpath> <int label>".')
-                relpath, label = parts
-                # Plain decimal only: int() would also take '1_0' or '+1'.
-                if not _INT_RE.fullmatch(label):
-                    raise ValueError(f'VTAB1k: malformed line in {where}: {line!r}; '
-                                     f'label {label!r} is not an int.')
-                gt_label = int(label)
-                if not 0 <= gt_label < self.num_classes:
-                    raise ValueError(f'VTAB1k: label {gt_label} in {where} is outside '
-                                     f'[0, {self.num_classes}) for task {self.task!r}.')
-                img_path = osp.join(task_dir, relpath)
-                # Checked here, once, so a bad release fails at build time and
-                # not after hours of training when the loader reaches the file.
-                if not osp.isfile(img_path):
-                    raise FileNotFoundError(f'VTAB1k: image {img_path} does not exist '
-                                            f'(listed in {where}).')
-                data_list.append(dict(img_path=img_path, gt_label=gt_label))
+        entries = read_split_file(ann_file, task_dir, self.num_classes, 'VTAB1k',
+                                  context=f'for task {self.task!r}')
+        data_list = [dict(img_path=path, gt_label=label) for path, label, _ in entries]
         return data_list
 
     def extra_repr(self) -> List[str]:
         """The extra repr information of the dataset."""
         return [f'Task: \t{self.task} ({self.num_classes} classes)',
                 f'Split: \t{self.split}'] + super().extra_repr()
+
+
+def read_split_file(ann_file: str,
+                    image_root: str,
+                    num_classes: int,
+                    owner: str,
+                    problems: Optional[list] = None,
+                    check_images: bool = True,
+                    context: str = '') -> List[Tuple[str, int, int]]:
+    """Parse a split file whose non-blank lines are ``<relpath> <label>``.
+
+    The line is split on its last whitespace, so a path may contain spaces
+    (ImageNet-A file names do). Labels are plain decimal ints in
+    ``[0, num_classes)``.
+
+    Args:
+        ann_file (str): The split file.
+        image_root (str): The folder the relative paths start from.
+        num_classes (int): Number of classes.
+        owner (str): Prefix of the messages, e.g. the dataset class name.
+        problems (list, optional): Where to collect the messages instead of
+            raising at the first problem (a bad line is then skipped).
+            Defaults to None (raise).
+        check_images (bool): Whether a listed image that is not a file is a
+            problem. Defaults to True.
+        context (str): Said after a label out of range, e.g.
+            ``"for task 'cifar'"``. Defaults to ``''``.
+
+    Returns:
+        list[tuple]: ``(absolute image path, label, line number)`` per good
+        line.
+    """
+    ann_file = osp.abspath(ann_file)
+    image_root = osp.abspath(image_root)
+
+    def problem(exc_type, msg):
+        if problems is None:
+            raise exc_type(f'{owner}: {msg}')
+        problems.append(f'{owner}: {msg}')
+
+    entries = []
+    with open(ann_file, encoding='utf-8') as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            where = f'{ann_file}, line {lineno}'
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2:
+                problem(ValueError, f'malformed line in {where}: {line!r}; '
+                        'expected "<relpath> <int label>".')
+                continue
+            relpath, label = parts
+            # Plain decimal only: int() would also take '1_0' or '+1'.
+            if not _INT_RE.fullmatch(label):
+                problem(ValueError, f'malformed line in {where}: {line!r}; '
+                        f'label {label!r} is not an int.')
+                continue
+            gt_label = int(label)
+            if not 0 <= gt_label < num_classes:
+                problem(ValueError, f'label {gt_label} in {where} is outside '
+                        f'[0, {num_classes}){" " + context if context else ""}.')
+                continue
+            img_path = osp.join(image_root, relpath)
+            # Checked at build time, so a bad release fails now and not hours
+            # into training when the loader reaches the file.
+            if check_images and not osp.isfile(img_path):
+                problem(FileNotFoundError,
+                        f'image {img_path} does not exist (listed in {where}).')
+                continue
+            entries.append((img_path, gt_label, lineno))
+    return entries
 
 
 def _subdirs(path: str) -> List[str]:

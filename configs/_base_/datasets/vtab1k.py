@@ -23,6 +23,7 @@ train_dataloader = dict(
     dataset=dict(type=dataset_type, data_root=data_root, task=task,
                  split='train800val200', pipeline=train_pipeline),
     sampler=dict(type='DefaultSampler', shuffle=True),
+    drop_last=True,  # as the released loader
     persistent_workers=True,
 )
 val_dataloader = dict(

@@ -1,0 +1,12 @@
+# VTAB-1k oxford_flowers102 (natural), DTL on Swin-B: the released recipe
+# (train_scripts/swin/vtab/flowers102/train_dtl.sh): lr 1e-3, drop path 0.1, no DWConv.
+_base_ = '../swin-b_vtab-cifar_dtl.py'
+
+task = 'oxford_flowers102'
+model = dict(
+    backbone=dict(drop_path_rate=0.1, csn=dict(dwconv_kernel=0)),
+    head=dict(num_classes=102))
+train_dataloader = dict(dataset=dict(task=task))
+val_dataloader = dict(dataset=dict(task=task))
+test_dataloader = dict(dataset=dict(task=task))
+optim_wrapper = dict(optimizer=dict(lr=1e-3))

@@ -1,0 +1,12 @@
+# VTAB-1k diabetic_retinopathy (specialized), DTL on ViT-B/16: the released recipe
+# (train_scripts/vit/vtab/diabetic_retinopathy/train_dtl.sh): lr 1e-4, drop path 0.1, no DWConv.
+_base_ = '../vit-b_vtab-cifar_dtl.py'
+
+task = 'diabetic_retinopathy'
+model = dict(
+    backbone=dict(drop_path_rate=0.1, csn=dict(dwconv_kernel=0)),
+    head=dict(num_classes=5))
+train_dataloader = dict(dataset=dict(task=task))
+val_dataloader = dict(dataset=dict(task=task))
+test_dataloader = dict(dataset=dict(task=task))
+optim_wrapper = dict(optimizer=dict(lr=1e-4))

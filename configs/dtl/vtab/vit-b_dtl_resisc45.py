@@ -1,0 +1,12 @@
+# VTAB-1k resisc45 (specialized), DTL on ViT-B/16: the released recipe
+# (train_scripts/vit/vtab/resisc45/train_dtl.sh): lr 8e-3, drop path 0.1, no DWConv.
+_base_ = '../vit-b_vtab-cifar_dtl.py'
+
+task = 'resisc45'
+model = dict(
+    backbone=dict(drop_path_rate=0.1, csn=dict(dwconv_kernel=0)),
+    head=dict(num_classes=45))
+train_dataloader = dict(dataset=dict(task=task))
+val_dataloader = dict(dataset=dict(task=task))
+test_dataloader = dict(dataset=dict(task=task))
+optim_wrapper = dict(optimizer=dict(lr=8e-3))

@@ -1,0 +1,3 @@
+from .metrics import MaskedAccuracy
+
+__all__ = ['MaskedAccuracy']

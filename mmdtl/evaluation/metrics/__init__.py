@@ -1,0 +1,3 @@
+from .masked_accuracy import MaskedAccuracy
+
+__all__ = ['MaskedAccuracy']

@@ -1,0 +1,110 @@
+"""tools/check_data.py on generated trees: clean ones pass, every problem has file and line."""
+import importlib.util
+import os
+import os.path as osp
+from pathlib import Path
+
+import pytest
+
+from mmdtl.testing import make_vtab_tree
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load(path, name):
+    spec = importlib.util.spec_from_file_location(name, REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+check_data = load('tools/check_data.py', 'check_data')
+# The tree writers live next to the dataset tests.
+make_few_shot_tree = load('tests/test_datasets/test_few_shot.py',
+                          'few_shot_trees').make_few_shot_tree
+make_dg_tree = load('tests/test_datasets/test_domain_generalization.py',
+                    'dg_trees').make_dg_tree
+
+
+def run(capsys, *argv):
+    code = check_data.main([str(a) for a in argv])
+    return code, capsys.readouterr().out
+
+
+@pytest.fixture
+def vtab_root(tmp_path):
+    for task in ('cifar', 'dtd'):
+        make_vtab_tree(str(tmp_path), task=task, image_size=4)
+    return tmp_path
+
+
+def test_clean_vtab_tree(capsys, vtab_root):
+    code, out = run(capsys, 'vtab', '--data-root', vtab_root, '--names', 'cifar', 'dtd')
+    assert code == 0, out
+    assert 'cifar/train800val200.txt: 12 images, 8 classes' in out
+    assert 'no problems (36 images listed)' in out
+
+
+def test_vtab_missing_image_bad_label_unreadable(capsys, vtab_root):
+    task_dir = vtab_root / 'cifar'
+    os.remove(task_dir / 'images/test/000002.png')
+    with open(task_dir / 'test.txt', 'a') as f:
+        f.write('images/test/000000.png 100\n')
+    (task_dir / 'images/val200/000001.png').write_bytes(b'not a png')
+    code, out = run(capsys, 'vtab', '--data-root', vtab_root, '--names', 'cifar',
+                    '--workers', 2)
+    assert code == 1
+    test_txt = osp.join(task_dir, 'test.txt')
+    assert (f'image {task_dir}/images/test/000002.png does not exist (listed in {test_txt}, '
+            'line 3)') in out
+    assert f'label 100 in {test_txt}, line 7 is outside [0, 100)' in out
+    # reported once, at its first listing (train800val200.txt is read first)
+    assert (f'image {task_dir}/images/val200/000001.png cannot be read (listed in '
+            f'{task_dir}/train800val200.txt, line 10)') in out
+    assert '3 problem(s)' in out
+
+
+def test_vtab_missing_split_and_inconsistent_union(capsys, vtab_root):
+    os.remove(vtab_root / 'dtd' / 'val200.txt')
+    with open(vtab_root / 'cifar' / 'train800val200.txt', 'a') as f:
+        f.write('images/test/000000.png 0\n')
+    code, out = run(capsys, 'vtab', '--data-root', vtab_root, '--names', 'cifar', 'dtd',
+                    'svhn', '--no-verify')
+    assert code == 1
+    assert f'split file {vtab_root}/dtd/val200.txt does not exist' in out
+    assert (f'{vtab_root}/cifar/train800val200.txt is not the lines of train800.txt plus '
+            'those of val200.txt') in out
+    assert f'task folder {vtab_root}/svhn does not exist' in out
+
+
+def test_few_shot(capsys, tmp_path):
+    ann_dir = make_few_shot_tree(str(tmp_path), name='oxford-pets', shots=(1, 2), seeds=(0, ),
+                                 image_size=4)
+    argv = ['few-shot', '--data-root', tmp_path, '--names', 'oxford-pets-FS', '--seeds', 0]
+    code, out = run(capsys, *argv, '--shots', 1, 2)
+    assert code == 0, out
+    code, out = run(capsys, *argv, '--shots', 1, 4)
+    assert code == 1 and 'num_shot_4.seed_0 does not exist' in out
+    # one class short in the 2-shot list
+    path = osp.join(ann_dir, 'train_meta.list.num_shot_2.seed_0')
+    with open(path) as f:
+        lines = f.readlines()
+    with open(path, 'w') as f:
+        f.writelines(lines[1:])
+    code, out = run(capsys, *argv, '--shots', 2, '--no-verify')
+    assert code == 1
+    assert f'{path} should list 2 images of each of the 37 classes; class 0: 1.' in out
+
+
+def test_domain_generalization(capsys, tmp_path):
+    make_dg_tree(str(tmp_path), seeds=(0, ), image_size=4)
+    code, out = run(capsys, 'dg', '--data-root', tmp_path, '--names', 'imagenetv2',
+                    'imagenet-a', 'imagenet-r')
+    assert code == 0, out
+    assert 'imagenet-adversarial covers 2 of the 1000 classes' in out
+    # the tiny tree has 2 training images for 4 classes, not 16 for 1000
+    code, out = run(capsys, 'domain-generalization', '--data-root', tmp_path, '--names',
+                    'imagenet', '--seeds', 0)
+    assert code == 1
+    assert 'train_meta.list.num_shot_16.seed_0 should list 16 images of each of the 1000 ' \
+        'classes; class 0: 2, class 1: 2' in out

@@ -1,0 +1,573 @@
+"""Run one of the paper's protocols end to end and write its result table.
+
+Every config of the suite is trained with ``tools/train.py`` and its
+checkpoint evaluated with ``tools/test.py`` (or ``tools/dist_train.sh`` /
+``tools/dist_test.sh`` with ``--gpus N``), one run after the other. A run
+that has its ``results.json`` is skipped; an interrupted one is resumed from
+its ``last_checkpoint``. The metrics are collected into
+``<work-dir>/<suite>/results.md`` and ``results.csv`` in the paper's layout:
+
+* VTAB-1k: one row per method, the 19 tasks, the mean of every group
+  (Natural, Specialized, Structured) and ``Mean``, the mean of the three group
+  means (the convention of the VTAB-1k tables of NOAH and DTL); the plain mean
+  of the 19 tasks is the last column.
+* few-shot: one row per method and dataset, one column per shot, each cell the
+  mean (± std) over the seeds; an ``average`` row per method.
+* domain-generalization: one row per test set (ImageNet-A/-R twice: over their
+  200 classes and over all 1000), one column per method, mean (± std) over the
+  seeds.
+
+Examples::
+
+    python tools/run_suite.py vtab-vit-dtl+ --data-root data/vtab-1k
+    python tools/run_suite.py vtab-vit-dtl+ --data-root data/vtab-1k --val   # train800 -> val200
+    python tools/run_suite.py few-shot --data-root data/fgfs --shots 1 16 --seeds 0
+    python tools/run_suite.py domain-generalization --data-root data/dg --gpus 4
+    python tools/run_suite.py vtab-swin-dtl --dry-run       # print the commands and the table
+"""
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import os.path as osp
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from mmdtl.datasets.domain_generalization import DG_SUBSET_TARGETS, DG_TARGETS  # noqa: E402
+from mmdtl.datasets.few_shot import (  # noqa: E402
+    FEW_SHOT_DATASETS,
+    FEW_SHOT_SEEDS,
+    FEW_SHOT_SHOTS,
+    few_shot_run_dir,
+)
+from mmdtl.datasets.vtab import VTAB1K_GROUPS, VTAB1K_TASKS  # noqa: E402
+
+# suite -> (kind, config glob relative to the repository)
+SUITES = OrderedDict([
+    ('vtab-vit-dtl', ('vtab', 'configs/dtl/vtab/vit-b_dtl_*.py')),
+    ('vtab-vit-dtl+', ('vtab', 'configs/dtl/vtab/vit-b_dtl+_*.py')),
+    ('vtab-swin-dtl', ('vtab', 'configs/dtl/vtab/swin-b_dtl_*.py')),
+    ('vtab-swin-dtl+', ('vtab', 'configs/dtl/vtab/swin-b_dtl+_*.py')),
+    ('few-shot', ('few-shot', 'configs/dtl/few_shot/*.py')),
+    ('domain-generalization', ('dg', 'configs/dtl/domain_generalization/*.py')),
+])
+# VTAB-1k validation protocol: train on train800, evaluate on val200.
+VAL_MODE_OPTIONS = [
+    'train_dataloader.dataset.split=train800',
+    'val_dataloader.dataset.split=val200',
+    'test_dataloader.dataset.split=val200',
+]
+TOP1 = 'accuracy/top1'
+RESULTS = 'results.json'
+TRAIN_DONE = 'train_done.json'
+
+
+@dataclass
+class Run:
+    """One training + test of a config (for few-shot suites: one shot and seed)."""
+    config: str
+    stem: str
+    method: str  # e.g. 'vit-b_dtl+'
+    dataset: str  # VTAB task, few-shot dataset, or the source for DG
+    work_dir: str  # given to the tools
+    run_dir: str  # where checkpoints and results are
+    uses_best: bool
+    shot: Optional[int] = None
+    seed: Optional[int] = None
+    options: List[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        extra = '' if self.shot is None else f' shot={self.shot} seed={self.seed}'
+        return f'{self.stem}{extra}'
+
+
+def split_stem(stem: str) -> Tuple[str, str]:
+    """``'vit-b_dtl+_cifar'`` -> ``('vit-b_dtl+', 'cifar')``."""
+    parts = stem.split('_', 2)
+    if len(parts) == 3:
+        return f'{parts[0]}_{parts[1]}', parts[2]
+    return stem, stem
+
+
+def suite_configs(suite: str, configs: Optional[Sequence[str]]) -> List[str]:
+    """The suite's configs (VTAB in the order of the tables), or the given ones."""
+    if configs:
+        missing = [c for c in configs if not osp.isfile(c)]
+        if missing:
+            raise SystemExit(f'--configs: not found: {", ".join(missing)}')
+        return [osp.abspath(c) for c in configs]
+    kind, pattern = SUITES[suite]
+    found = sorted(glob.glob(osp.join(REPO, pattern)))
+    if kind == 'vtab':
+        order = {task: i for i, task in enumerate(VTAB1K_TASKS)}
+        found.sort(key=lambda p: order.get(split_stem(osp.basename(p)[:-3])[1], len(order)))
+    if not found:
+        raise SystemExit(f'No configs match {pattern} for suite {suite}.')
+    return found
+
+
+def plan_runs(suite: str, configs: List[str], work_root: str, shots, seeds, val: bool,
+              user_options: List[str], data_root: Optional[str]) -> List[Run]:
+    """Load every config once (with the options) and list its runs."""
+    from mmengine.config import Config
+
+    kind = SUITES[suite][0]
+    suite_dir = osp.join(work_root, suite + ('_val' if val else ''))
+    runs = []
+    for path in configs:
+        stem = osp.basename(path)[:-3]
+        cfg = Config.fromfile(path)
+        options = []
+        if data_root:
+            for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+                if cfg.get(loader) is not None:
+                    options.append(f'{loader}.dataset.data_root={data_root}')
+        if val:
+            options += VAL_MODE_OPTIONS
+        options += user_options
+        cfg.merge_from_dict(_parse_options(options))
+        method, name = split_stem(stem)
+        checkpoint_hook = (cfg.get('default_hooks') or {}).get('checkpoint') or {}
+        uses_best = bool(checkpoint_hook.get('save_best'))
+        work_dir = osp.join(suite_dir, stem)
+        if kind == 'vtab':
+            runs.append(Run(path, stem, method, cfg.get('task', name), work_dir, work_dir,
+                            uses_best, options=options))
+            continue
+        dataset = cfg.get('dataset_name', name) if kind == 'few-shot' else 'imagenet'
+        run_shots = shots or ([cfg.get('shot', 16)] if kind == 'dg' else list(FEW_SHOT_SHOTS))
+        for shot in run_shots:
+            for seed in seeds:
+                runs.append(Run(path, stem, method, dataset, work_dir,
+                                few_shot_run_dir(work_dir, shot, seed), uses_best, shot, seed,
+                                options + [f'shot={shot}', f'seed={seed}']))
+    return runs
+
+
+def _parse_options(options: List[str]) -> dict:
+    from mmengine.config import DictAction
+
+    parsed = {}
+    for kv in options:
+        key, value = kv.split('=', 1)
+        parsed[key] = DictAction._parse_iterable(value)
+    return parsed
+
+
+def tool_command(tool: str, gpus: int, config: str, *args: str) -> List[str]:
+    """``python tools/<tool>.py`` or its ``dist_<tool>.sh`` with N processes."""
+    if gpus > 1:
+        script = osp.join(REPO, 'tools', f'dist_{tool}.sh')
+        # dist_test.sh takes the checkpoint before the number of processes
+        positional = [config] + ([args[0]] if tool == 'test' else [])
+        rest = list(args[1:] if tool == 'test' else args)
+        return ['bash', script, *positional, str(gpus), *rest]
+    return [sys.executable, osp.join(REPO, 'tools', f'{tool}.py'), config, *args]
+
+
+def train_command(run: Run, gpus: int, resume: bool) -> List[str]:
+    args = ['--work-dir', run.work_dir] + (['--resume'] if resume else [])
+    if run.options:
+        args += ['--cfg-options', *run.options]
+    return tool_command('train', gpus, run.config, *args)
+
+
+def test_command(run: Run, gpus: int, checkpoint: str) -> List[str]:
+    args = [checkpoint, '--work-dir', run.work_dir]
+    if run.options:
+        args += ['--cfg-options', *run.options]
+    return tool_command('test', gpus, run.config, *args)
+
+
+def find_checkpoint(run: Run) -> str:
+    """The best-validation checkpoint where the config saves one, else the last."""
+    if run.uses_best:
+        best = glob.glob(osp.join(run.run_dir, 'best_*.pth'))
+        if not best:
+            raise RuntimeError(f'{run.label}: no best_*.pth in {run.run_dir}; validation never '
+                               'ran (is val_interval larger than max_epochs?).')
+        return max(best, key=osp.getmtime)
+    last = osp.join(run.run_dir, 'last_checkpoint')
+    if not osp.isfile(last):
+        raise RuntimeError(f'{run.label}: training left no {last}.')
+    with open(last) as f:
+        path = f.read().strip()
+    if not osp.isfile(path):  # the folder was moved: same file name here
+        path = osp.join(run.run_dir, osp.basename(path))
+    return path
+
+
+def find_test_metrics(run_dir: str, since: float) -> Optional[dict]:
+    """The metrics tools/test.py wrote (``<timestamp>/<timestamp>.json``)."""
+    newest = None
+    for path in glob.glob(osp.join(run_dir, '*', '*.json')):
+        stamp = osp.basename(osp.dirname(path))
+        if osp.basename(path) != f'{stamp}.json':
+            continue
+        mtime = osp.getmtime(path)
+        if mtime >= since - 1 and (newest is None or mtime > newest[0]):
+            newest = (mtime, path)
+    if newest is None:
+        return None
+    with open(newest[1]) as f:
+        tags = json.load(f)
+    # the log also has timings (time, data_time, memory): not metrics
+    return {k: v for k, v in tags.items()
+            if isinstance(v, (int, float)) and k not in ('time', 'data_time', 'memory')}
+
+
+def execute(cmd: List[str], log_file: str, verbose: bool) -> int:
+    """Run a tool; its output goes to the log file (and the terminal if verbose)."""
+    os.makedirs(osp.dirname(log_file), exist_ok=True)
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(p for p in (REPO, env.get('PYTHONPATH')) if p)
+    with open(log_file, 'a') as log:
+        log.write(f'$ {" ".join(cmd)}\n')
+        log.flush()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1)
+        for line in proc.stdout:
+            log.write(line)
+            if verbose:
+                sys.stdout.write(line)
+        return proc.wait()
+
+
+def tail(path: str, lines: int = 30) -> str:
+    try:
+        with open(path, errors='replace') as f:
+            return ''.join(f.readlines()[-lines:])
+    except OSError:
+        return ''
+
+
+def run_one(run: Run, index: int, total: int, gpus: int, verbose: bool, dry_run: bool) -> bool:
+    """Train and test one run unless done; False when a step failed."""
+    head = f'[{index}/{total}] {run.label}'
+    results = osp.join(run.run_dir, RESULTS)
+    if osp.isfile(results):
+        print(f'{head}: done, skipped ({results})', flush=True)
+        return True
+    train_done = osp.isfile(osp.join(run.run_dir, TRAIN_DONE))
+    resume = not train_done and osp.isfile(osp.join(run.run_dir, 'last_checkpoint'))
+    if dry_run:
+        if not train_done:
+            print(f'{head}: would {"resume" if resume else "train"}:\n  '
+                  f'{" ".join(train_command(run, gpus, resume))}')
+        print(f'{head}: would test:\n  '
+              f'{" ".join(test_command(run, gpus, "<checkpoint>"))}', flush=True)
+        return True
+    start = time.time()
+    if not train_done:
+        print(f'{head}: {"resuming" if resume else "training"} in {run.run_dir}', flush=True)
+        log = osp.join(run.run_dir, 'run_suite_train.log')
+        if execute(train_command(run, gpus, resume), log, verbose) != 0:
+            print(f'{head}: training FAILED; log {log}:\n{tail(log)}', flush=True)
+            return False
+        with open(osp.join(run.run_dir, TRAIN_DONE), 'w') as f:
+            json.dump(dict(seconds=round(time.time() - start, 1)), f)
+    try:
+        checkpoint = find_checkpoint(run)
+    except RuntimeError as e:
+        print(f'{head}: FAILED: {e}', flush=True)
+        return False
+    print(f'{head}: testing {osp.basename(checkpoint)}', flush=True)
+    log = osp.join(run.run_dir, 'run_suite_test.log')
+    since = time.time()
+    if execute(test_command(run, gpus, checkpoint), log, verbose) != 0:
+        print(f'{head}: test FAILED; log {log}:\n{tail(log)}', flush=True)
+        return False
+    metrics = find_test_metrics(run.run_dir, since)
+    if not metrics:
+        print(f'{head}: FAILED: tools/test.py wrote no metrics json under {run.run_dir}',
+              flush=True)
+        return False
+    record = dict(config=osp.relpath(run.config, REPO), method=run.method, dataset=run.dataset,
+                  shot=run.shot, seed=run.seed, checkpoint=checkpoint, metrics=metrics,
+                  options=run.options, minutes=round((time.time() - start) / 60, 2))
+    with open(results, 'w') as f:
+        json.dump(record, f, indent=2)
+    shown = ', '.join(f'{k}={v:.2f}' for k, v in metrics.items() if 'top1' in k)
+    print(f'{head}: {shown or metrics}', flush=True)
+    return True
+
+
+# ----------------------------------------------------------------------------
+# Tables (pure functions of the collected metrics)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _std(values: Sequence[float]) -> float:
+    """Sample standard deviation (0 for one value)."""
+    if len(values) < 2:
+        return 0.
+    m = _mean(values)
+    return math.sqrt(sum((v - m)**2 for v in values) / (len(values) - 1))
+
+
+def _fmt(value: Optional[float]) -> str:
+    return '-' if value is None else f'{value:.1f}'
+
+
+def vtab_summary(per_task: Dict[str, float]) -> Dict[str, Optional[float]]:
+    """Group means, their mean and the plain task mean of one method.
+
+    A group mean needs every task of the group; ``Mean`` (the paper's, the
+    mean of the three group means) needs every group; ``Mean (tasks)`` is the
+    mean of all 19 tasks.
+    """
+    summary = OrderedDict()
+    for group, tasks in VTAB1K_GROUPS.items():
+        values = [per_task[t] for t in tasks if t in per_task]
+        summary[group] = _mean(values) if len(values) == len(tasks) else None
+    groups = list(summary.values())
+    summary['mean'] = None if None in groups else _mean(groups)
+    summary['mean_tasks'] = (_mean([per_task[t] for t in VTAB1K_TASKS])
+                             if all(t in per_task for t in VTAB1K_TASKS) else None)
+    return summary
+
+
+def vtab_table(results: Dict[str, Dict[str, float]]) -> Tuple[List[str], List[list]]:
+    """``{method: {task: top1}}`` -> header and rows (numbers or None)."""
+    header = ['method'] + list(VTAB1K_TASKS) + [g.capitalize() for g in VTAB1K_GROUPS] + \
+        ['Mean', 'Mean (tasks)']
+    rows = []
+    for method, per_task in results.items():
+        summary = vtab_summary(per_task)
+        rows.append([method] + [per_task.get(t) for t in VTAB1K_TASKS] + list(summary.values()))
+    return header, rows
+
+
+def few_shot_table(results: Dict[Tuple[str, str, int], Dict[int, float]],
+                   shots: Sequence[int]) -> Tuple[List[str], List[list]]:
+    """``{(method, dataset, shot): {seed: top1}}`` -> header and rows.
+
+    A cell is ``(mean over seeds, std, number of seeds)``; every method ends
+    with an ``average`` row, the mean over its datasets of the cell means
+    (None unless every dataset has the shot).
+    """
+    header = ['method', 'dataset'] + [f'{k}-shot' for k in shots]
+    methods = OrderedDict()
+    for (method, dataset, _), _seeds in results.items():
+        methods.setdefault(method, OrderedDict()).setdefault(dataset, None)
+    known = list(FEW_SHOT_DATASETS)
+    rows = []
+    for method, datasets in methods.items():
+        ordered = sorted(datasets, key=lambda d: (known.index(d) if d in known else len(known), d))
+        cell_means = {shot: [] for shot in shots}
+        for dataset in ordered:
+            row = [method, dataset]
+            for shot in shots:
+                values = list((results.get((method, dataset, shot)) or {}).values())
+                if values:
+                    cell = (_mean(values), _std(values), len(values))
+                    cell_means[shot].append(cell[0])
+                else:
+                    cell = None
+                row.append(cell)
+            rows.append(row)
+        average = [method, 'average']
+        for shot in shots:
+            means = cell_means[shot]
+            average.append((_mean(means), None, None) if means and len(means) == len(ordered)
+                           else None)
+        rows.append(average)
+    return header, rows
+
+
+def dg_rows() -> List[Tuple[str, str]]:
+    """``(row label, metric key)`` of the DG table, in the paper's order."""
+    rows = []
+    for name, label in DG_TARGETS.items():
+        if name in DG_SUBSET_TARGETS:
+            rows.append((f'{label} (200 classes)', f'accuracy/{name}/top1_masked'))
+            rows.append((f'{label} (1000 classes)', f'accuracy/{name}/top1'))
+        else:
+            rows.append((label, f'accuracy/{name}/top1'))
+    return rows
+
+
+def dg_table(results: Dict[str, Dict[int, Dict[str, float]]]) -> Tuple[List[str], List[list]]:
+    """``{method: {seed: metrics}}`` -> header and rows, one per test set."""
+    methods = list(results)
+    header = ['test set'] + methods
+    rows = []
+    for label, key in dg_rows():
+        row = [label]
+        for method in methods:
+            values = [m[key] for m in results[method].values() if key in m]
+            row.append((_mean(values), _std(values), len(values)) if values else None)
+        rows.append(row)
+    return header, rows
+
+
+def _cell_text(cell, expected_n: Optional[int]) -> str:
+    if cell is None:
+        return '-'
+    if not isinstance(cell, tuple):
+        return _fmt(cell)
+    mean, std, n = cell
+    text = _fmt(mean)
+    if n is not None and n > 1:
+        text += f' ±{std:.1f}'
+    if n is not None and expected_n and n < expected_n:
+        text += '*'
+    return text
+
+
+def to_markdown(header: List[str], rows: List[list], expected_n: Optional[int] = None) -> str:
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for row in rows:
+        lines.append('| ' + ' | '.join(
+            str(c) if isinstance(c, str) else _cell_text(c, expected_n) for c in row) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def to_csv(path: str, header: List[str], rows: List[list]) -> None:
+    """Means (and std / number of seeds for seed-averaged cells) as plain numbers."""
+    seeded = any(isinstance(c, tuple) for row in rows for c in row)
+    with open(path, 'w', newline='') as f:
+        writer = csv.writer(f)
+        if not seeded:
+            writer.writerow(header)
+            for row in rows:
+                writer.writerow(['' if c is None else (c if isinstance(c, str) else f'{c:.2f}')
+                                 for c in row])
+            return
+        labels = [h for h, c in zip(header, rows[0]) if isinstance(c, str)] if rows else []
+        values = header[len(labels):]
+        writer.writerow(labels + [f'{h}{s}' for h in values for s in ('', ' std', ' n')])
+        for row in rows:
+            out = list(row[:len(labels)])
+            for cell in row[len(labels):]:
+                mean, std, n = cell if cell is not None else (None, None, None)
+                out += ['' if mean is None else f'{mean:.2f}',
+                        '' if std is None else f'{std:.2f}', '' if n is None else n]
+            writer.writerow(out)
+
+
+def collect(suite: str, runs: List[Run], seeds: Sequence[int], shots) -> Tuple[str, List, List]:
+    """Read the runs' results.json into the suite's table."""
+    kind = SUITES[suite][0]
+    records = []
+    for run in runs:
+        path = osp.join(run.run_dir, RESULTS)
+        if osp.isfile(path):
+            with open(path) as f:
+                records.append((run, json.load(f)['metrics']))
+    if kind == 'vtab':
+        results = OrderedDict((run.method, {}) for run in runs)
+        for run, metrics in records:
+            if TOP1 in metrics:
+                results[run.method][run.dataset] = metrics[TOP1]
+        header, rows = vtab_table(results)
+        title = ('VTAB-1k top-1 (%); Mean = mean of the three group means, '
+                 'Mean (tasks) = mean of the 19 tasks')
+        return title + '\n\n' + to_markdown(header, rows), header, rows
+    if kind == 'few-shot':
+        results = OrderedDict(((run.method, run.dataset, run.shot), {}) for run in runs)
+        for run, metrics in records:
+            if TOP1 in metrics:
+                results[run.method, run.dataset, run.shot][run.seed] = metrics[TOP1]
+        all_shots = shots or sorted({run.shot for run in runs})
+        header, rows = few_shot_table(results, all_shots)
+        title = (f'Few-shot FGVC top-1 (%), mean ± std over seeds {list(seeds)} '
+                 '(* fewer seeds than planned); average = mean over the datasets')
+        return title + '\n\n' + to_markdown(header, rows, len(seeds)), header, rows
+    results = OrderedDict((run.method, {}) for run in runs)
+    for run, metrics in records:
+        results[run.method][run.seed] = metrics
+    header, rows = dg_table(results)
+    title = (f'Domain generalization top-1 (%), trained on ImageNet 16-shot, mean ± std over '
+             f'seeds {list(seeds)} (* fewer seeds than planned)')
+    return title + '\n\n' + to_markdown(header, rows, len(seeds)), header, rows
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Train and test every config of a suite; write the result table.')
+    parser.add_argument('suite', choices=list(SUITES))
+    parser.add_argument('--data-root', help='dataset root (sets data_root of every dataloader)')
+    parser.add_argument('--work-dir', default='work_dirs/suites',
+                        help='runs go to <work-dir>/<suite>/<config>[/shot<k>_seed<s>]')
+    parser.add_argument('--gpus', type=int, default=1,
+                        help='processes per run; more than 1 uses tools/dist_train.sh and '
+                        'tools/dist_test.sh')
+    parser.add_argument('--configs', nargs='+',
+                        help='run these configs instead of all of the suite')
+    parser.add_argument('--shots', nargs='+', type=int,
+                        help='few-shot / DG shots (default: 1 2 4 8 16 for few-shot, the '
+                        "config's shot (16) for domain-generalization)")
+    parser.add_argument('--seeds', nargs='+', type=int,
+                        help='few-shot / DG split seeds (default: 0 1 2)')
+    parser.add_argument('--val', action='store_true',
+                        help='VTAB-1k validation protocol: train on train800, evaluate on '
+                        'val200 (runs go to <work-dir>/<suite>_val)')
+    parser.add_argument('--cfg-options', nargs='+', default=[],
+                        help='KEY=VALUE options given to every train and test command')
+    parser.add_argument('--dry-run', action='store_true',
+                        help='print what would run and the table of finished runs')
+    parser.add_argument('--verbose', action='store_true',
+                        help='show the tools\' output (always written to run_suite_*.log)')
+    args = parser.parse_args(argv)
+    for kv in args.cfg_options:
+        if '=' not in kv or not kv.split('=', 1)[0]:
+            parser.error(f'--cfg-options: expected KEY=VALUE, got {kv!r}')
+    kind = SUITES[args.suite][0]
+    if args.val and kind != 'vtab':
+        parser.error('--val is the VTAB-1k validation protocol; few-shot and DG configs '
+                     'validate on their own val split already.')
+    if kind == 'vtab' and (args.shots or args.seeds):
+        parser.error('--shots/--seeds apply to the few-shot and domain-generalization suites.')
+    args.seeds = args.seeds or list(FEW_SHOT_SEEDS)
+    if args.gpus < 1:
+        parser.error('--gpus must be >= 1')
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    configs = suite_configs(args.suite, args.configs)
+    work_root = osp.abspath(args.work_dir)
+    runs = plan_runs(args.suite, configs, work_root, args.shots, args.seeds, args.val,
+                     args.cfg_options, args.data_root)
+    suite_dir = osp.join(work_root, args.suite + ('_val' if args.val else ''))
+    print(f'Suite {args.suite}: {len(runs)} run(s) of {len(configs)} config(s) in {suite_dir}',
+          flush=True)
+    failed = []
+    for i, run in enumerate(runs, 1):
+        if not run_one(run, i, len(runs), args.gpus, args.verbose, args.dry_run):
+            failed.append(run.label)
+
+    table, header, rows = collect(args.suite, runs, args.seeds, args.shots)
+    md_path, csv_path = osp.join(suite_dir, 'results.md'), osp.join(suite_dir, 'results.csv')
+    if not args.dry_run:
+        os.makedirs(suite_dir, exist_ok=True)
+        with open(md_path, 'w') as f:
+            f.write(f'# {args.suite}\n\n{table}')
+        to_csv(csv_path, header, rows)
+    print('\n' + table)
+    if not args.dry_run:
+        print(f'Written {md_path} and {csv_path}')
+    if failed:
+        print(f'{len(failed)} run(s) failed: {", ".join(failed)}')
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
