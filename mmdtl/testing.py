@@ -1,4 +1,3 @@
-# Copyright (c) OpenMMLab. All rights reserved.
 """Helpers for tests: small data trees in the real layouts (nothing is downloaded)."""
 import os
 import os.path as osp

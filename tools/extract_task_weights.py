@@ -1,4 +1,3 @@
-# Copyright (c) OpenMMLab. All rights reserved.
 """Turn a full DTL training checkpoint into a small task file.
 
 The task file keeps only what training changed (side network + head), the

@@ -1,4 +1,3 @@
-# Copyright (c) OpenMMLab. All rights reserved.
 """Classify images with several DTL tasks sharing one frozen backbone.
 
 The frozen prefix of the backbone runs once per image; each task runs only

@@ -1,4 +1,3 @@
-# Copyright (c) OpenMMLab. All rights reserved.
 """Evaluate a checkpoint on a config's test set (mmpretrain or mmdet scope).
 
 Examples::

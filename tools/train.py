@@ -1,4 +1,3 @@
-# Copyright (c) OpenMMLab. All rights reserved.
 """Train a model from an OpenMMLab config (mmpretrain or mmdet scope).
 
 Examples::

@@ -1,4 +1,3 @@
-# Copyright (c) OpenMMLab. All rights reserved.
 """One frozen backbone, many DTL tasks: compute the shared prefix once.
 
 DTL never changes the backbone, and blocks ``0..M`` of a task with

@@ -1,4 +1,3 @@
-# Copyright (c) OpenMMLab. All rights reserved.
 """Safe checkpoint loading and atomic checkpoint saving for mmengine runners.
 
 Loading

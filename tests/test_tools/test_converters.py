@@ -1,4 +1,3 @@
-# Copyright (c) OpenMMLab. All rights reserved.
 """Tests of tools/model_converters: Google ViT .npz -> mmpretrain and
 official DTL -> mmdtl.
 

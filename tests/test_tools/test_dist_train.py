@@ -1,4 +1,3 @@
-# Copyright (c) OpenMMLab. All rights reserved.
 """tools/dist_train.sh: two processes with torchrun, gloo on a CPU machine."""
 import os
 import socket

@@ -1,4 +1,3 @@
-# Copyright (c) OpenMMLab. All rights reserved.
 """tools/train.py and tools/test.py end to end on the demo config (CPU, tiny)."""
 import importlib.util
 import os

@@ -1,4 +1,3 @@
-# Copyright (c) OpenMMLab. All rights reserved.
 """Safe (weights-only) checkpoint loading and atomic checkpoint saving."""
 import collections
 import glob

@@ -1,4 +1,3 @@
-# Copyright (c) OpenMMLab. All rights reserved.
 """Cost of K DTL tasks on one shared frozen backbone vs K separate models.
 
 For K = 1, 2, 5, 10 (``--tasks``) tasks of the same recipe (``csn.start =

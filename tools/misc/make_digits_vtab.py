@@ -1,4 +1,3 @@
-# Copyright (c) OpenMMLab. All rights reserved.
 """Write scikit-learn's bundled handwritten digits as a VTAB-1k task folder.
 
 Nothing is downloaded. The result reads with

@@ -1,4 +1,3 @@
-# Copyright (c) OpenMMLab. All rights reserved.
 """Convert a checkpoint of the official DTL code to an mmdtl ``ImageClassifier``.
 
 The official code (github ``heekhero/DTL``) trains a timm 0.5.4

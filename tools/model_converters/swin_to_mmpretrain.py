@@ -1,4 +1,3 @@
-# Copyright (c) OpenMMLab. All rights reserved.
 """Convert Swin Transformer checkpoints to mmpretrain's SwinTransformer.
 
 Two source layouts are detected from where the patch-merging layers sit:

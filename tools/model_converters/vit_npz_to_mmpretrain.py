@@ -1,4 +1,3 @@
-# Copyright (c) OpenMMLab. All rights reserved.
 """Convert Google's ViT ``.npz`` checkpoints to mmpretrain's VisionTransformer.
 
 The ImageNet-21k ``ViT-B_16.npz`` used by DTL (and the other checkpoints of
