@@ -1,5 +1,5 @@
-from .backbones import *  # noqa: F401,F403
 from . import necks  # noqa: F401  (SimpleFPN, registered when mmdet is installed)
+from .backbones import *  # noqa: F401,F403
 from .multitask import MultiTaskDTL, MultiTaskInferencer
 from .side_network import CompactSideNetwork, build_side_network, swish
 

@@ -240,6 +240,8 @@ def build_side_network(csn_cfg: Union[dict, 'CompactSideNetwork'],
     cfg = dict(csn_cfg)
     for key, value in defaults.items():
         cfg.setdefault(key, value)
+    # Resolve in mmpretrain's registry even under an mmdet default scope.
+    cfg.setdefault('_scope_', 'mmpretrain')
     return MODELS.build(cfg)
 
 
