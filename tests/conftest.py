@@ -1,3 +1,4 @@
+import copy
 import os
 import sys
 from pathlib import Path
@@ -15,3 +16,13 @@ os.environ.setdefault('OMP_NUM_THREADS', '2')
 @pytest.fixture
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture(autouse=True)
+def _restore_default_scope():
+    """mmengine keeps the latest DefaultScope (set by every Runner and by
+    mmdet configs) process-wide; restore it so tests do not depend on order."""
+    from mmengine.registry import DefaultScope
+    saved = copy.copy(DefaultScope._instance_dict)
+    yield
+    DefaultScope._instance_dict = saved

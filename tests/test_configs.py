@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 from mmengine.config import Config
-from mmengine.registry import DefaultScope, init_default_scope
+from mmengine.registry import DefaultScope
 
 import mmdtl  # noqa: F401
 
@@ -29,7 +29,6 @@ def test_config_builds_model(path):
     cfg = Config.fromfile(str(path))
     assert cfg.custom_imports['imports'] == ['mmdtl']
     scope = cfg.get('default_scope', 'mmpretrain')
-    init_default_scope(scope)
     with DefaultScope.overwrite_default_scope(scope):
         model = model_registry(scope).build(cfg.model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

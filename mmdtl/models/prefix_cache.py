@@ -13,10 +13,11 @@ different checkpoint clears the memory store and uses another disk folder.
 """
 import hashlib
 import os
-import tempfile
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
+
+from mmdtl.utils import save_checkpoint_atomic
 
 STORAGES = ('memory', 'device', 'disk')
 
@@ -146,17 +147,10 @@ class PrefixFeatureCache:
         if self.storage != 'disk':
             self._entries[key] = entry
             return
-        folder = self._disk_folder(fingerprint)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix='.pt')
-        os.close(fd)
-        try:
-            torch.save(dict(taps={str(t): v for t, v in entry['taps'].items()},
-                            output=entry['output'], grid=list(entry['grid'])), tmp)
-            os.replace(tmp, os.path.join(folder, f'{key}.pt'))
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        save_checkpoint_atomic(
+            dict(taps={str(t): v for t, v in entry['taps'].items()},
+                 output=entry['output'], grid=list(entry['grid'])),
+            os.path.join(self._disk_folder(fingerprint), f'{key}.pt'))
 
     def _get(self, fingerprint: str, key: str) -> Optional[dict]:
         if self.storage != 'disk':

@@ -448,6 +448,7 @@ def test_official_dtl_rejects_an_npz(tmp_path, capsys):
 # ------------------------------------------------------------------ writing
 @pytest.mark.parametrize('tool', [npz_tool, dtl_tool], ids=['npz', 'dtl'])
 def test_save_is_atomic(tmp_path, monkeypatch, tool):
+    # The converters write through mmdtl.utils.save_checkpoint_atomic.
     dst = tmp_path / 'ckpt.pth'
     dst.write_bytes(b'previous checkpoint')
 
@@ -457,11 +458,11 @@ def test_save_is_atomic(tmp_path, monkeypatch, tool):
 
     monkeypatch.setattr(torch, 'save', failing_save)
     with pytest.raises(RuntimeError, match='disk full'):
-        tool.save_atomic({'state_dict': {}}, str(dst))
+        tool.save_checkpoint_atomic({'state_dict': {}}, str(dst))
     assert dst.read_bytes() == b'previous checkpoint'
     assert os.listdir(tmp_path) == ['ckpt.pth']  # no temporary file left behind
     monkeypatch.undo()
 
-    tool.save_atomic({'state_dict': {'w': torch.ones(2)}}, str(dst))
+    tool.save_checkpoint_atomic({'state_dict': {'w': torch.ones(2)}}, str(dst))
     assert torch.equal(torch.load(dst, weights_only=True)['state_dict']['w'], torch.ones(2))
     assert os.listdir(tmp_path) == ['ckpt.pth']

@@ -213,11 +213,12 @@ def write_outputs(args, rows: list) -> dict:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for row, marker in zip(rows, 'osD^v*P'):
+    for i, (row, marker) in enumerate(zip(rows, 'osD^v*P')):
         x = max(row['trainable_backbone'], 1)
         ax.scatter(x, row['activation_mb'], s=80, marker=marker, label=row['method'])
+        # Methods with equal memory and parameters (DTL variants) would overlap.
         ax.annotate(row['method'], (x, row['activation_mb']), textcoords='offset points',
-                    xytext=(6, 4))
+                    xytext=(8, 4 + 11 * (i % 3)), fontsize=8)
     ax.set_xscale('log')
     ax.set_xlabel('trainable backbone parameters (log)')
     ax.set_ylabel('activation memory saved for backward (MB)')

@@ -47,16 +47,15 @@ Example::
         --config configs/dtl/vit-b_vtab-cifar.py
 """
 import argparse
-import contextlib
-import os
 import os.path as osp
 import pickle
 import re
 import sys
-import tempfile
 from typing import Dict, Mapping, Optional, Tuple
 
 import torch
+
+from mmdtl.utils import save_checkpoint_atomic
 
 # (official key pattern, mmdtl key template), matched against whole keys.
 KEY_MAP = [
@@ -296,28 +295,6 @@ def verify_with_config(state_dict: Mapping[str, torch.Tensor], meta: dict,
           f'and --beta)')
 
 
-def save_atomic(obj, dst: str) -> None:
-    """``torch.save`` to a temporary file next to ``dst``, then rename it, so
-    ``dst`` is either the old file or the complete new one, never partial."""
-    dst = osp.abspath(dst)
-    folder = osp.dirname(dst)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(dst)}.', suffix='.tmp', dir=folder)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; use the usual mode
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Convert an official DTL (timm ViT) checkpoint to mmdtl keys')
@@ -345,7 +322,7 @@ def main(argv=None) -> int:
         print(f'error: {err}', file=sys.stderr)
         return 1
     meta.update(source=osp.basename(args.src), converter='official_dtl_to_mmdtl')
-    save_atomic(dict(state_dict=state_dict, meta=meta), args.dst)
+    save_checkpoint_atomic(dict(state_dict=state_dict, meta=meta), args.dst)
     print(f'Converted {len(state_dict)} tensors -> {args.dst}')
     return 0
 

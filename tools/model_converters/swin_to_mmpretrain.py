@@ -54,18 +54,17 @@ Example::
         swin_base_patch4_window7_224_22k.pth checkpoints/swin-b_in22k_mmpretrain.pth
 """
 import argparse
-import contextlib
 import math
-import os
 import os.path as osp
 import pickle
 import re
 import sys
-import tempfile
 from collections import OrderedDict
 from typing import Dict, Mapping, Tuple
 
 import torch
+
+from mmdtl.utils import save_checkpoint_atomic
 
 # (pattern of the key inside a block ``layers.{s}.blocks.{b}.``, mmpretrain name)
 BLOCK_MAP = [
@@ -275,28 +274,6 @@ def convert_swin(state_dict: Mapping[str, torch.Tensor],
     return out, meta
 
 
-def save_atomic(obj, dst: str) -> None:
-    """``torch.save`` to a temporary file next to ``dst``, then rename it, so
-    ``dst`` is either the old file or the complete new one, never partial."""
-    dst = osp.abspath(dst)
-    folder = osp.dirname(dst)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(dst)}.', suffix='.tmp', dir=folder)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; use the usual mode
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Convert an official / timm Swin checkpoint to mmpretrain SwinTransformer '
@@ -319,7 +296,7 @@ def main(argv=None) -> int:
     except ConversionError as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
-    save_atomic(dict(state_dict=state_dict, meta=meta), args.dst)
+    save_checkpoint_atomic(dict(state_dict=state_dict, meta=meta), args.dst)
     print(f'Converted {args.src} -> {args.dst} ({len(state_dict)} tensors, {meta["layout"]} '
           f'layout)')
     print(f'  arch={meta["arch"]}, window_size={meta["window_size"]}, '

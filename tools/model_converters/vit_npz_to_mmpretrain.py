@@ -47,17 +47,16 @@ Example::
         ViT-B_16.npz checkpoints/vit-b16_in21k_mmpretrain.pth
 """
 import argparse
-import contextlib
-import os
 import os.path as osp
 import re
 import sys
-import tempfile
 import zipfile
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
+
+from mmdtl.utils import save_checkpoint_atomic
 
 HEAD_TYPES = ('LinearClsHead', 'VisionTransformerClsHead')
 
@@ -314,28 +313,6 @@ def convert_npz(weights: Mapping[str, np.ndarray],
     return state_dict, meta
 
 
-def save_atomic(obj, dst: str) -> None:
-    """``torch.save`` to a temporary file next to ``dst``, then rename it, so
-    ``dst`` is either the old file or the complete new one, never partial."""
-    dst = osp.abspath(dst)
-    folder = osp.dirname(dst)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(dst)}.', suffix='.tmp', dir=folder)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; use the usual mode
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def describe(meta: dict) -> str:
     arch, head = meta['arch'], meta['head']
     lines = [
@@ -380,7 +357,7 @@ def main(argv=None) -> int:
     except ConversionError as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
-    save_atomic(dict(state_dict=state_dict, meta=meta), args.dst)
+    save_checkpoint_atomic(dict(state_dict=state_dict, meta=meta), args.dst)
     print(f'Converted {args.src} -> {args.dst} ({len(state_dict)} tensors)')
     print(describe(meta))
     return 0
