@@ -4,9 +4,10 @@
 # - torch 2.13.0 (registry CUDA build; it runs on CPU too, and torchvision's
 #   binary needs it), torchvision 0.28.0, mmengine, mmpretrain, mmdet;
 # - mmcv 2.1.0 with compiled ops, built once into a wheel cache keyed by the
-#   torch version (MMDTL_WHEEL_CACHE, default ~/.cache/mmdtl/wheels) so a
-#   re-install takes seconds and a wheel built against another torch is never
-#   reused.
+#   torch version and the kind of ops (cpu, or cuda where torch sees a GPU or
+#   FORCE_CUDA=1; MMDTL_WHEEL_CACHE, default ~/.cache/mmdtl/wheels) so a
+#   re-install takes seconds and a wheel built against another torch, or
+#   without the CUDA ops a GPU machine needs, is never reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,6 @@ VENV=${VENV:-.venv}
 TORCH_VERSION=2.13.0
 TORCHVISION_VERSION=0.28.0
 MMCV_VERSION=2.1.0
-WHEEL_DIR=${MMDTL_WHEEL_CACHE:-$HOME/.cache/mmdtl/wheels}/torch-$TORCH_VERSION
 STAMP=$VENV/.mmdtl-installed
 
 if [ -f "$STAMP" ] && [ "$STAMP" -nt setup.py ] && [ "$STAMP" -nt tools/install.sh ]; then
@@ -31,6 +31,9 @@ $PIP install -q "setuptools<82" "torch==$TORCH_VERSION,!=$TORCH_VERSION+cpu" "to
 $PIP install -q "setuptools<82" "mmengine==0.10.7" "mmpretrain==1.2.0" "mmdet==3.3.0" \
     pytest ruff scikit-learn
 
+# mmcv's setup.py compiles CUDA ops when torch sees a GPU or FORCE_CUDA=1.
+OPS_KIND=$($VENV/bin/python -c "import os, torch; print('cuda' if torch.cuda.is_available() or os.environ.get('FORCE_CUDA') == '1' else 'cpu')")
+WHEEL_DIR=${MMDTL_WHEEL_CACHE:-$HOME/.cache/mmdtl/wheels}/torch-$TORCH_VERSION-$OPS_KIND
 if ! $VENV/bin/python -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" 2>/dev/null; then
     if ! ls "$WHEEL_DIR"/mmcv-$MMCV_VERSION-*.whl >/dev/null 2>&1; then
         echo "[install] building mmcv $MMCV_VERSION with ops (about 20 min on 2 cores; cached afterwards in $WHEEL_DIR)"

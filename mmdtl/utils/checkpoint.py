@@ -222,7 +222,9 @@ def load_from_local_safe(filename: str, map_location: Any = None) -> Any:
     """
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
-        raise FileNotFoundError(f'{filename} can not be found.')
+        raise FileNotFoundError(
+            f'checkpoint {filename} can not be found (cwd: {os.getcwd()}); pre-trained '
+            f'backbones are made by tools/model_converters/ (see README)')
     return safe_torch_load(filename, map_location=map_location)
 
 
