@@ -106,11 +106,19 @@ def build_model(arch: str, method: str, num_classes: int, img_size: int) -> Clas
 
 def measure(args, method: str) -> dict:
     """All figures of one method, measured in this process."""
+    torch.manual_seed(0)
+    model = build_model(args.arch, method, args.num_classes, args.img_size)
+    return dict(method=method, **profile(model, model.backbone.parameters(), args))
+
+
+def profile(model: torch.nn.Module, backbone_params, args) -> dict:
+    """Trainable parameters, activation bytes, peak memory, step time and
+    inference throughput of ``model`` (images -> logits) on ``args``'s
+    batch; ``backbone_params`` are the parameters counted as backbone."""
     from mmdtl.utils import saved_activation_bytes
 
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = build_model(args.arch, method, args.num_classes, args.img_size).to(device).train()
+    model = model.to(device).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
     labels = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
@@ -144,9 +152,8 @@ def measure(args, method: str) -> dict:
                 times.append(time.perf_counter() - tic)
         return statistics.median(times)
 
-    result = dict(method=method)
-    result['trainable_backbone'] = sum(p.numel() for p in model.backbone.parameters()
-                                       if p.requires_grad)
+    result = dict()
+    result['trainable_backbone'] = sum(p.numel() for p in backbone_params if p.requires_grad)
     result['trainable_total'] = sum(p.numel() for p in trainable)
     result['activation_mb'] = saved_activation_bytes(model, loss_fn) / 2**20
     if device.type == 'cuda':
