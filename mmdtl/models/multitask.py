@@ -29,6 +29,7 @@ from mmdtl.engine.task_checkpoint import (
     read_task_file,
 )
 
+from .frozen_linear import packed_linears
 from .side_network import build_side_network
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
@@ -232,6 +233,10 @@ class MultiTaskDTL(BaseModel):
             dict[str, tuple[Tensor]]: Task name -> the backbone's output tuple
             (one entry per ``out_indices``).
         """
+        with packed_linears(self.backbone.frozen_linear_packs, inputs):
+            return self._extract_feat(inputs)
+
+    def _extract_feat(self, inputs: torch.Tensor) -> Dict[str, Tuple[torch.Tensor, ...]]:
         bb = self.backbone
         bb._check_input(inputs)
         batch = inputs.shape[0]

@@ -66,9 +66,10 @@ def setup(tmp_path_factory):
                 backbone_state=backbone_state)
 
 
-@pytest.mark.parametrize('batch_tasks', [True, False])
-def test_outputs_equal_single_task_models(setup, batch_tasks):
-    multi = MultiTaskDTL(BACKBONE, list(setup['files'].values()),
+@pytest.mark.parametrize('batch_tasks,packed', [(True, False), (False, False), (True, True)])
+def test_outputs_equal_single_task_models(setup, batch_tasks, packed):
+    multi = MultiTaskDTL(dict(BACKBONE, pack_frozen_weights=packed),
+                         list(setup['files'].values()),
                          backbone_checkpoint=setup['backbone_file'], batch_tasks=batch_tasks)
     assert multi.task_names == list(TASKS)
     assert multi.starts == {n: t['csn']['start'] for n, t in TASKS.items()}
@@ -84,6 +85,16 @@ def test_outputs_equal_single_task_models(setup, batch_tasks):
                                                                          images))
             assert not torch.allclose(plain, expected, atol=1e-3)
         scores = multi(images, mode='predict')
+    # Every frozen linear of the 6 blocks ran on its packed copy (the frozen
+    # side networks' projections too).
+    packs = multi.backbone.frozen_linear_packs
+    if packed:
+        linears = [m.weight for m in multi.backbone.layers.modules()
+                   if isinstance(m, torch.nn.Linear)]
+        assert len(linears) == 4 * 6
+        assert {(id(w), False) for w in linears} <= set(packs._entries)
+    else:
+        assert packs is None
     torch.testing.assert_close(scores['cars'].sum(1), torch.ones(3))
 
 

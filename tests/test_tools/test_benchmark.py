@@ -11,12 +11,15 @@ def test_benchmark_tool_tiny(tmp_path, repo_root):
          '--device', 'cpu', '--work-dir', str(tmp_path)],
         cwd=repo_root, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert '[7/7]' in out.stdout
+    assert '[9/9]' in out.stdout
     rows = {r['method']: r for r in csv.DictReader(open(tmp_path / 'benchmark.csv'))}
-    assert list(rows) == ['full', 'linear', 'lora', 'dtl', 'dtl+', 'dtl+ckpt', 'dtl+cache']
+    assert list(rows) == ['full', 'linear', 'lora', 'dtl', 'dtl+', 'dtl+ckpt', 'dtl+cache',
+                          'dtl+packed', 'dtl+cache+packed']
     act = {m: float(r['activation_mb']) for m, r in rows.items()}
     assert act['dtl+'] < act['lora'] < act['full']
     assert act['dtl+ckpt'] < act['dtl+']
+    # Packing changes kernels, not what autograd keeps.
+    assert act['dtl+packed'] == act['dtl+'] and act['dtl+cache+packed'] == act['dtl+cache']
     assert float(rows['full']['activation_vs_full']) == 1.0
     # 4 taps x 2 x 2 x 32 + 3x3 depthwise conv over 32 channels
     assert int(rows['dtl+']['trainable_backbone']) == 4 * 2 * 2 * 32 + 9 * 32

@@ -1,8 +1,9 @@
 """Side-by-side memory and speed benchmark of fine-tuning methods.
 
 For every method (full fine-tuning, linear probe, LoRA on qkv, DTL, DTL+,
-DTL+ with checkpointed suffix and DTL+ with a warm frozen-prefix cache) on
-the same inputs it measures:
+DTL+ with checkpointed suffix, DTL+ with a warm frozen-prefix cache, and the
+last two with the frozen linear weights prepacked for oneDNN on CPU) on the
+same inputs it measures:
 
 - trainable parameters, backbone only and with the head;
 - activation bytes: tensors saved for backward in one training step,
@@ -47,7 +48,8 @@ ARCHS = {
                                      feedforward_channels=64)),
                       dict(rank=2, taps=list(range(4)), start=2, kernel=3)),
 }
-METHODS = ['full', 'linear', 'lora', 'dtl', 'dtl+', 'dtl+ckpt', 'dtl+cache']
+METHODS = ['full', 'linear', 'lora', 'dtl', 'dtl+', 'dtl+ckpt', 'dtl+cache', 'dtl+packed',
+           'dtl+cache+packed']
 COLUMNS = ['method', 'trainable_backbone', 'trainable_total', 'activation_mb',
            'activation_vs_full', 'peak_mb', 'peak_kind', 'step_ms', 'step_vs_full',
            'infer_img_s']
@@ -91,7 +93,9 @@ def build_model(arch: str, method: str, num_classes: int, img_size: int) -> Clas
             start=recipe['start'], dwconv_kernel=0 if method == 'dtl' else recipe['kernel'])
         if method == 'dtl+ckpt':
             backbone['checkpoint_suffix'] = True
-        if method == 'dtl+cache':
+        if method.endswith('+packed'):
+            backbone['pack_frozen_weights'] = True
+        if method.startswith('dtl+cache'):
             if is_swin:
                 raise ValueError('--methods: dtl+cache is implemented for DTLViT only')
             # Warm cache: the first (activation-measuring) step fills it.
@@ -220,7 +224,7 @@ def write_outputs(args, rows: list) -> dict:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for i, (row, marker) in enumerate(zip(rows, 'osD^v*P')):
+    for i, (row, marker) in enumerate(zip(rows, 'osD^v*PXh<>p')):
         x = max(row['trainable_backbone'], 1)
         ax.scatter(x, row['activation_mb'], s=80, marker=marker, label=row['method'])
         # Methods with equal memory and parameters (DTL variants) would overlap.

@@ -8,6 +8,7 @@ from mmpretrain.models.backbones import SwinTransformer
 from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
+from ..frozen_linear import build_frozen_linear_packs, packed_linears
 from ..side_network import build_side_network
 
 
@@ -39,6 +40,8 @@ class DTLSwin(SwinTransformer):
             the backbone.
         freeze_backbone (bool): Freeze every parameter outside the side
             network. Defaults to True.
+        pack_frozen_weights (bool): On CPU, run the frozen linears on
+            oneDNN-packed weights (see :class:`DTLViT`). Defaults to False.
         **kwargs: Other arguments of :class:`SwinTransformer`.
     """
 
@@ -46,9 +49,11 @@ class DTLSwin(SwinTransformer):
                  *args,
                  csn: dict = dict(type='CompactSideNetwork'),
                  freeze_backbone: bool = True,
+                 pack_frozen_weights: bool = False,
                  **kwargs):
         super().__init__(*args, **kwargs)
         self.freeze_backbone = freeze_backbone
+        self.frozen_linear_packs = build_frozen_linear_packs(pack_frozen_weights, 'DTLSwin')
         if freeze_backbone:
             self.requires_grad_(False)
         block_dims = [stage.embed_dims for stage in self.stages for _ in stage.blocks]
@@ -109,6 +114,10 @@ class DTLSwin(SwinTransformer):
             0, 3, 1, 2).contiguous()
 
     def forward(self, x: torch.Tensor) -> tuple:
+        with packed_linears(self.frozen_linear_packs, x):
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> tuple:
         grad_enabled = torch.is_grad_enabled()
         no_grad_prefix = self._frozen_prefix()
         start = self.csn.start

@@ -9,6 +9,7 @@ from mmpretrain.models.backbones import VisionTransformer
 from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
+from ..frozen_linear import build_frozen_linear_packs, packed_linears
 from ..prefix_cache import PrefixFeatureCache
 from ..side_network import build_side_network
 
@@ -48,6 +49,11 @@ class DTLViT(VisionTransformer):
             ``dict(storage='device')``). Needs a deterministic prefix
             (no drop path or dropout in blocks ``0..M``) and ``out_indices``
             after ``M``. Defaults to None (no cache).
+        pack_frozen_weights (bool): On CPU, keep the frozen linear weights
+            in oneDNN's packed layout and run their forward and input-grad
+            GEMMs on it (see :class:`FrozenLinearPacks`); same results
+            within fp32 rounding, no effect on GPU or under autocast.
+            Defaults to False.
         out_type (str): See :class:`VisionTransformer`.
             Defaults to ``'avg_featmap'``.
         final_norm (bool): See :class:`VisionTransformer`. Defaults to False.
@@ -60,6 +66,7 @@ class DTLViT(VisionTransformer):
                  freeze_backbone: bool = True,
                  checkpoint_suffix: bool = False,
                  prefix_cache: Optional[dict] = None,
+                 pack_frozen_weights: bool = False,
                  out_type: str = 'avg_featmap',
                  final_norm: bool = False,
                  **kwargs):
@@ -77,6 +84,7 @@ class DTLViT(VisionTransformer):
                 f'{sorted(set(self.csn.embed_dims))}, but the backbone has '
                 f'{self.num_layers} blocks of {self.embed_dims} dims')
         self._register_load_state_dict_pre_hook(self._final_norm_into_ln2)
+        self.frozen_linear_packs = build_frozen_linear_packs(pack_frozen_weights, 'DTLViT')
         self.prefix_cache = None
         if prefix_cache is not None:
             self._check_cacheable()
@@ -160,6 +168,15 @@ class DTLViT(VisionTransformer):
                 and (self.training or cache.use_in_eval))
 
     def forward(self, x: torch.Tensor) -> tuple:
+        with packed_linears(self.frozen_linear_packs, x):
+            return self._forward(x)
+
+    def _run_block(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        # Checkpointing recomputes the block during backward, outside forward.
+        with packed_linears(self.frozen_linear_packs, x):
+            return layer(x)
+
+    def _forward(self, x: torch.Tensor) -> tuple:
         self._check_input(x)
         grad_enabled = torch.is_grad_enabled()
         no_grad_prefix = self._frozen_prefix()
@@ -181,7 +198,7 @@ class DTLViT(VisionTransformer):
                 in_prefix = no_grad_prefix and i <= self.csn.start
                 with torch.set_grad_enabled(grad_enabled and not in_prefix):
                     if self.checkpoint_suffix and not in_prefix and x.requires_grad:
-                        x = cp.checkpoint(layer, x, use_reentrant=False)
+                        x = cp.checkpoint(self._run_block, layer, x, use_reentrant=False)
                     else:
                         x = layer(x)
             x = self.csn.add_back(i, x, running_sum, grid, self.num_extra_tokens)
