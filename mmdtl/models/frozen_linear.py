@@ -110,6 +110,11 @@ class FrozenLinearPacks:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the packed copies."""
+        return sum(e.packed.numel() * e.packed.element_size() for e in self._entries.values())
+
     def __deepcopy__(self, memo) -> 'FrozenLinearPacks':
         return FrozenLinearPacks()
 

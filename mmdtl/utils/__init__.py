@@ -7,14 +7,15 @@ from .checkpoint import (
     safe_torch_load,
     save_checkpoint_atomic,
 )
-from .memory import SavedTensorMeter, saved_activation_bytes
+from .memory import SavedTensorMeter, cpu_step_peak_bytes, saved_activation_bytes
 
 # Importing mmdtl (which imports mmdtl.utils) makes mmengine resume its own
 # checkpoints with weights_only=True; see mmdtl/utils/checkpoint.py.
 register_safe_globals()
 
 __all__ = [
-    'SavedTensorMeter', 'saved_activation_bytes', 'SAFE_GLOBAL_NAMES', 'AtomicCheckpointHook',
+    'SavedTensorMeter', 'saved_activation_bytes', 'cpu_step_peak_bytes', 'SAFE_GLOBAL_NAMES',
+    'AtomicCheckpointHook',
     'UnsafeCheckpointError', 'load_from_local_safe', 'register_safe_globals', 'safe_torch_load',
     'save_checkpoint_atomic'
 ]

@@ -52,3 +52,42 @@ def saved_activation_bytes(model: torch.nn.Module, step: Callable[[], torch.Tens
     if loss.requires_grad:
         loss.backward()
     return meter.bytes
+
+
+def _unique_storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    storages = {}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def cpu_step_peak_bytes(step: Callable[[], object], live: Iterable[torch.Tensor]) -> int:
+    """Peak bytes of live CPU tensors while ``step()`` runs: the CPU analogue
+    of ``torch.cuda.max_memory_allocated`` for one training step.
+
+    The profiler records every allocation and free of PyTorch's CPU
+    allocator during the step; its running sum peaks at the step's extra
+    memory (activations, gradients, temporaries, new optimizer state). The
+    tensors ``live`` before the step (parameters, buffers, optimizer state,
+    inputs; storage-deduplicated) are added. Memory outside PyTorch's
+    allocator (oneDNN scratch pads, Python objects) is not counted.
+
+    Args:
+        step (Callable): One training step on CPU tensors.
+        live (Iterable[Tensor]): The tensors that exist before the step
+            and stay alive through it.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    base = _unique_storage_bytes(live)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    cpu = torch._C._autograd.DeviceType.CPU
+    deltas = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == '[memory]' and e.device_type() == cpu)
+    current = peak = 0
+    for _, nbytes in deltas:
+        current += nbytes
+        peak = max(peak, current)
+    return base + peak

@@ -21,6 +21,10 @@ def test_benchmark_tool_tiny(tmp_path, repo_root):
     # Packing changes kernels, not what autograd keeps.
     assert act['dtl+packed'] == act['dtl+'] and act['dtl+cache+packed'] == act['dtl+cache']
     assert float(rows['full']['activation_vs_full']) == 1.0
+    peak = {m: float(r['tensor_peak_mb']) for m, r in rows.items()}
+    # Frozen trunk: no gradients or AdamW state for it, fewer activations.
+    assert peak['dtl+'] < peak['lora'] < peak['full']
+    assert peak['dtl+packed'] > peak['dtl+']  # the packed copies count
     # 4 taps x 2 x 2 x 32 + 3x3 depthwise conv over 32 channels
     assert int(rows['dtl+']['trainable_backbone']) == 4 * 2 * 2 * 32 + 9 * 32
     assert int(rows['linear']['trainable_backbone']) == 0

@@ -11,6 +11,13 @@ same inputs it measures:
 - peak memory of a training step: ``torch.cuda.max_memory_allocated`` on a GPU
   (AMP on by default there), the process's peak resident memory on CPU (every
   method runs in its own process so the peaks do not mix);
+- peak tensor memory of a training step (``tensor_peak_mb``): on a GPU the
+  same ``max_memory_allocated``; on CPU the live tensors before the step
+  (parameters, optimizer state, inputs, cached features, packed weights)
+  plus the peak of the allocations and frees the profiler traces during it.
+  With ``--cpu-bf16`` the CPU runs under bf16 autocast, which stores the
+  same bytes per element as the GPU recipe's fp16 AMP: an estimate of the
+  GPU figure without a GPU (CUDA workspaces and allocator rounding aside);
 - training step time (forward + backward + AdamW step) and inference
   throughput: medians of repeated runs after warm-up.
 
@@ -51,8 +58,8 @@ ARCHS = {
 METHODS = ['full', 'linear', 'lora', 'dtl', 'dtl+', 'dtl+ckpt', 'dtl+cache', 'dtl+packed',
            'dtl+cache+packed']
 COLUMNS = ['method', 'trainable_backbone', 'trainable_total', 'activation_mb',
-           'activation_vs_full', 'peak_mb', 'peak_kind', 'step_ms', 'step_vs_full',
-           'infer_img_s']
+           'activation_vs_full', 'peak_mb', 'peak_kind', 'tensor_peak_mb', 'step_ms',
+           'step_vs_full', 'infer_img_s']
 
 
 class Classifier(torch.nn.Module):
@@ -127,13 +134,15 @@ def profile(model: torch.nn.Module, backbone_params, args) -> dict:
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
     labels = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
-    amp = args.amp and device.type == 'cuda'
+    amp = args.amp and device.type == 'cuda' or args.cpu_bf16 and device.type == 'cpu'
+    amp_dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
 
     def loss_fn():
-        with torch.autocast(device.type, enabled=amp, dtype=torch.float16):
+        with torch.autocast(device.type, enabled=amp, dtype=amp_dtype):
             return torch.nn.functional.cross_entropy(model(images), labels)
 
-    scaler = torch.amp.GradScaler(enabled=amp)
+    # Loss scaling is for fp16 gradients only.
+    scaler = torch.amp.GradScaler(enabled=amp and amp_dtype == torch.float16)
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
@@ -164,16 +173,40 @@ def profile(model: torch.nn.Module, backbone_params, args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     result['step_ms'] = 1000 * median_seconds(train_step)
     if device.type == 'cuda':
-        result['peak_mb'] = torch.cuda.max_memory_allocated() / 2**20
+        result['peak_mb'] = result['tensor_peak_mb'] = torch.cuda.max_memory_allocated() / 2**20
         result['peak_kind'] = 'cuda max allocated'
     else:
         result['peak_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result['peak_kind'] = 'process peak RSS'
+        result['tensor_peak_mb'] = cpu_tensor_peak_bytes(model, optimizer, train_step,
+                                                         [images, labels]) / 2**20
 
     model.eval()
-    with torch.no_grad(), torch.autocast(device.type, enabled=amp, dtype=torch.float16):
+    with torch.no_grad(), torch.autocast(device.type, enabled=amp, dtype=amp_dtype):
         result['infer_img_s'] = args.batch_size / median_seconds(lambda: model(images))
     return result
+
+
+def cpu_tensor_peak_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                          train_step, inputs: list) -> int:
+    """Peak tensor bytes of one more ``train_step`` on CPU, counting what
+    lives across steps: parameters, buffers, optimizer state, the inputs,
+    features in a prefix cache and packed frozen weights."""
+    from mmdtl.utils import cpu_step_peak_bytes
+
+    live = [*model.parameters(), *model.buffers(), *inputs]
+    live += [v for state in optimizer.state.values() for v in state.values()
+             if torch.is_tensor(v)]
+    extra = 0
+    for module in model.modules():
+        cache = getattr(module, 'prefix_cache', None)
+        if cache is not None and cache.storage != 'disk':
+            for entry in cache._entries.values():
+                live += [entry['output'], *entry['taps'].values()]
+        packs = getattr(module, 'frozen_linear_packs', None)
+        if packs is not None:
+            extra += packs.nbytes
+    return cpu_step_peak_bytes(train_step, live) + extra
 
 
 def run_isolated(args, method: str) -> dict:
@@ -182,7 +215,8 @@ def run_isolated(args, method: str) -> dict:
            '--arch', args.arch, '--batch-size', str(args.batch_size),
            '--img-size', str(args.img_size), '--num-classes', str(args.num_classes),
            '--device', args.device, '--warmup', str(args.warmup),
-           '--repeats', str(args.repeats)] + (['--no-amp'] if not args.amp else [])
+           '--repeats', str(args.repeats)] + (['--no-amp'] if not args.amp else []) + (
+               ['--cpu-bf16'] if args.cpu_bf16 else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f'benchmark of {method!r} failed:\n{out.stderr[-3000:]}')
@@ -208,8 +242,9 @@ def fmt(value) -> str:
 def write_outputs(args, rows: list) -> dict:
     work_dir = Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    title = (f'{args.arch}, {args.img_size}px, batch {args.batch_size}, '
-             f'{args.device}{" + AMP" if args.amp and args.device.startswith("cuda") else ""}')
+    precision = (' + AMP (fp16)' if args.amp and args.device.startswith('cuda') else
+                 ' + bf16 autocast' if args.cpu_bf16 and args.device == 'cpu' else ', fp32')
+    title = f'{args.arch}, {args.img_size}px, batch {args.batch_size}, {args.device}{precision}'
     lines = [f'# Fine-tuning memory and speed: {title}', '',
              '| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
     lines += ['| ' + ' | '.join(fmt(r[c]) for c in COLUMNS) + ' |' for r in rows]
@@ -251,7 +286,10 @@ def parse_args(argv=None):
     parser.add_argument('--num-classes', type=int, default=100)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--no-amp', dest='amp', action='store_false',
-                        help='fp32 on GPU too (AMP is only ever used on CUDA)')
+                        help='fp32 on GPU too (by default a GPU runs fp16 AMP)')
+    parser.add_argument('--cpu-bf16', action='store_true',
+                        help='on CPU, run under bf16 autocast (same bytes per element as '
+                             'fp16 AMP: tensor_peak_mb then estimates the GPU figure)')
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--work-dir', default='work_dirs/benchmark')
@@ -274,6 +312,7 @@ def main(argv=None):
         rows.append(row)
         print(f'    trainable {row["trainable_backbone"]:,}  activations '
               f'{row["activation_mb"]:.1f} MB  peak {row["peak_mb"]:.0f} MB  '
+              f'tensor peak {row["tensor_peak_mb"]:.0f} MB  '
               f'step {row["step_ms"]:.0f} ms', flush=True)
     add_ratios(rows)
     paths = write_outputs(args, rows)
