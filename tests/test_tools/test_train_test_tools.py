@@ -82,7 +82,9 @@ def test_train_resume_and_test(tmp_path, digits_root, frozen_init):
         'train_cfg.max_epochs=2', 'train_cfg.val_interval=100',
         'default_hooks.checkpoint.type=AtomicCheckpointHook',
         'default_hooks.checkpoint.interval=1', 'default_hooks.checkpoint.max_keep_ckpts=-1',
-        'default_hooks.logger.interval=1', 'randomness.seed=0'
+        'default_hooks.logger.interval=1', 'randomness.seed=0',
+        # The CPU option: packs made from the weights the Runner loads after build.
+        'model.backbone.pack_frozen_weights=True'
     ]
     out = run_tool('tools/train.py', CONFIG, '--work-dir', work_dir, '--amp',
                    '--cfg-options', *options).stdout
