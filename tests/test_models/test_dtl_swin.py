@@ -239,6 +239,35 @@ def test_frozen_prefix_saves_nothing_beyond_tap_inputs():
     assert total < 0.5 * full_total
 
 
+def test_checkpoint_suffix_keeps_outputs_and_saves_less():
+    """Checkpointed suffix blocks: the same logits and side-network gradients
+    (drop path included: its draws are replayed), and the suffix blocks keep
+    nothing for backward."""
+    images = torch.randn(2, 3, 64, 64)
+    start = 3  # blocks 4-7 (stages 2 and 3) are the suffix
+
+    def logits_and_grads(model):
+        torch.manual_seed(1)
+        out = model(images)[0]
+        model.zero_grad()
+        (out ** 2).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                              if p.requires_grad}
+
+    plain = tiny_swin(start=start, drop_path_rate=0.2).train()
+    ckpt = tiny_swin(start=start, drop_path_rate=0.2, checkpoint_suffix=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    out_a, grads_a = logits_and_grads(plain)
+    out_b, grads_b = logits_and_grads(ckpt)
+    torch.testing.assert_close(out_a, out_b)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 8
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
+    plain_log, ckpt_log = saved_log(plain, images), saved_log(ckpt, images)
+    assert all(plain_log.bytes(i) > 0 for i in range(4, 8))
+    assert all(ckpt_log.bytes(i) == 0 for i in range(4, 8))
+
+
 @pytest.mark.parametrize('name,kernel,lr,drop_path,count', [
     ('swin-b_vtab-cifar_dtl.py', 0, 1e-3, 0.1, 90_112),
     ('swin-b_vtab-cifar.py', 5, 3e-3, 0., 128_512),

@@ -4,6 +4,7 @@ from typing import Iterator, List
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint as cp
 from mmpretrain.models.backbones import SwinTransformer
 from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
@@ -40,6 +41,11 @@ class DTLSwin(SwinTransformer):
             the backbone.
         freeze_backbone (bool): Freeze every parameter outside the side
             network. Defaults to True.
+        checkpoint_suffix (bool): Activation checkpointing of the blocks
+            after ``M``: they keep only their input for backward and are
+            recomputed during backward, still passing gradients to the side
+            network. Trades compute for memory (large detection inputs).
+            Defaults to False.
         pack_frozen_weights (bool): On CPU, run the frozen linears on
             oneDNN-packed weights (see :class:`DTLViT`). Defaults to False.
         **kwargs: Other arguments of :class:`SwinTransformer`.
@@ -49,10 +55,12 @@ class DTLSwin(SwinTransformer):
                  *args,
                  csn: dict = dict(type='CompactSideNetwork'),
                  freeze_backbone: bool = True,
+                 checkpoint_suffix: bool = False,
                  pack_frozen_weights: bool = False,
                  **kwargs):
         super().__init__(*args, **kwargs)
         self.freeze_backbone = freeze_backbone
+        self.checkpoint_suffix = checkpoint_suffix
         self.frozen_linear_packs = build_frozen_linear_packs(pack_frozen_weights, 'DTLSwin')
         if freeze_backbone:
             self.requires_grad_(False)
@@ -117,6 +125,11 @@ class DTLSwin(SwinTransformer):
         with packed_linears(self.frozen_linear_packs, x):
             return self._forward(x)
 
+    def _run_block(self, block: nn.Module, x: torch.Tensor, hw_shape) -> torch.Tensor:
+        # Checkpointing recomputes the block during backward, outside forward.
+        with packed_linears(self.frozen_linear_packs, x):
+            return block(x, hw_shape)
+
     def _forward(self, x: torch.Tensor) -> tuple:
         grad_enabled = torch.is_grad_enabled()
         no_grad_prefix = self._frozen_prefix()
@@ -143,7 +156,11 @@ class DTLSwin(SwinTransformer):
             for block in stage.blocks:
                 running_sum = self.csn.tap(index, x, running_sum)
                 with trunk_grad(index):
-                    x = block(x, hw_shape)
+                    if self.checkpoint_suffix and torch.is_grad_enabled() and x.requires_grad:
+                        x = cp.checkpoint(self._run_block, block, x, hw_shape,
+                                          use_reentrant=False)
+                    else:
+                        x = block(x, hw_shape)
                 # The block output is on the unpadded grid: window padding
                 # is undone inside the block.
                 x = self.csn.add_back(index, x, running_sum, hw_shape)
