@@ -16,10 +16,26 @@ import os
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
+import torch.nn as nn
 
 from mmdtl.utils import save_checkpoint_atomic
 
 STORAGES = ('memory', 'device', 'disk')
+
+
+def stochastic_blocks(blocks) -> list:
+    """Indices of the modules in ``blocks`` with drop path or dropout, whose
+    outputs differ between training passes and so cannot be cached."""
+    return [i for i, block in enumerate(blocks) if any(
+        getattr(m, 'drop_prob', 0) > 0 or (isinstance(m, nn.Dropout) and m.p > 0)
+        for m in block.modules())]
+
+
+def cache_applies(cache: Optional['PrefixFeatureCache'], training: bool,
+                  no_grad_prefix: bool) -> bool:
+    """Whether a backbone's forward should read its prefix from ``cache``."""
+    return (cache is not None and cache.enabled and no_grad_prefix
+            and (training or cache.use_in_eval))
 
 
 class PrefixFeatureCache:

@@ -124,3 +124,47 @@ def test_hook_in_a_real_run(tmp_path, repo_root, random_pipeline):
     else:
         assert cache.enabled and len(cache) == 8
         assert cache.misses == 8 and cache.hits == 8  # second epoch: all hits
+
+
+SWIN = dict(type='DTLSwin', arch=dict(embed_dims=16, depths=[2, 2, 2], num_heads=[1, 2, 2]),
+            img_size=32, window_size=2, out_indices=(2, ), drop_path_rate=0.)
+
+
+def build_swin(start, prefix_cache=None, **kwargs):
+    torch.manual_seed(0)
+    model = MODELS.build(dict(SWIN, prefix_cache=prefix_cache, **kwargs, csn=dict(
+        type='CompactSideNetwork', rank=2, start=start, dwconv_kernel=3)))
+    for up in model.csn.up_projs.values():
+        torch.nn.init.normal_(up, std=0.3)
+    return model.train()
+
+
+@pytest.mark.parametrize('start', [1, 2, 3, 4])  # M at the end and start of stages
+def test_swin_cached_steps_match_uncached(start):
+    images = torch.randn(3, 3, 32, 32)
+    plain = build_swin(start)
+    cached = build_swin(start, prefix_cache=dict(storage='memory'))
+    calls = []
+    blocks = [b for stage in cached.stages for b in stage.blocks]
+    for i, block in enumerate(blocks):
+        block.register_forward_hook(lambda m, args, out, i=i: calls.append(i))
+    for epoch in range(2):
+        calls.clear()
+        out_a, grads_a = step(plain, images)
+        out_b, grads_b = step(cached, images)
+        torch.testing.assert_close(out_a, out_b)
+        assert grads_a.keys() == grads_b.keys() and len(grads_a) > 2
+        for name in grads_a:
+            torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
+    # The second epoch ran only the blocks after M.
+    assert calls == list(range(start + 1, len(blocks)))
+    assert (cached.prefix_cache.misses, cached.prefix_cache.hits) == (3, 3)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(drop_path_rate=0.1), r'blocks \[1, 2\] \(<= csn.start=2\) use drop path'),
+    (dict(out_indices=(0, 2)), r'stages \[0\] of out_indices end before block csn.start=2'),
+])
+def test_swin_cache_refuses_a_prefix_it_cannot_reuse(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_swin(2, prefix_cache=dict(storage='memory'), **kwargs)

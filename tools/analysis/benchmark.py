@@ -19,7 +19,9 @@ same inputs it measures:
   same bytes per element as the GPU recipe's fp16 AMP: an estimate of the
   GPU figure without a GPU (CUDA workspaces and allocator rounding aside);
 - training step time (forward + backward + AdamW step) and inference
-  throughput: medians of repeated runs after warm-up.
+  throughput: medians of repeated runs after warm-up;
+- with ``--epoch-batches N``, the time of two passes over N new batches, as
+  epochs 1 and 2 of training: the prefix cache fills during the first.
 
 It writes ``benchmark.md``, ``benchmark.csv`` and ``benchmark.png`` (memory vs
 trainable parameters, one marker per method, as in the paper's Figure 1)
@@ -59,7 +61,7 @@ METHODS = ['full', 'linear', 'lora', 'dtl', 'dtl+', 'dtl+ckpt', 'dtl+cache', 'dt
            'dtl+cache+packed']
 COLUMNS = ['method', 'trainable_backbone', 'trainable_total', 'activation_mb',
            'activation_vs_full', 'peak_mb', 'peak_kind', 'tensor_peak_mb', 'step_ms',
-           'step_vs_full', 'infer_img_s']
+           'step_vs_full', 'epoch1_s', 'epoch2_s', 'infer_img_s']
 
 
 class Classifier(torch.nn.Module):
@@ -103,9 +105,9 @@ def build_model(arch: str, method: str, num_classes: int, img_size: int) -> Clas
         if method.endswith('+packed'):
             backbone['pack_frozen_weights'] = True
         if method.startswith('dtl+cache'):
-            if is_swin:
-                raise ValueError('--methods: dtl+cache is implemented for DTLViT only')
-            # Warm cache: the first (activation-measuring) step fills it.
+            # A cached prefix must be deterministic (Swin's default drop path
+            # is 0.1). Warm cache: the first (activation-measuring) step fills it.
+            backbone['drop_path_rate'] = 0.
             backbone['prefix_cache'] = dict(storage='device')
     elif method not in ('full', 'linear'):
         raise ValueError(f'--methods: unknown method {method!r}; choose from {METHODS}')
@@ -137,16 +139,16 @@ def profile(model: torch.nn.Module, backbone_params, args) -> dict:
     amp = args.amp and device.type == 'cuda' or args.cpu_bf16 and device.type == 'cpu'
     amp_dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
 
-    def loss_fn():
+    def loss_fn(images=images, labels=labels):
         with torch.autocast(device.type, enabled=amp, dtype=amp_dtype):
             return torch.nn.functional.cross_entropy(model(images), labels)
 
     # Loss scaling is for fp16 gradients only.
     scaler = torch.amp.GradScaler(enabled=amp and amp_dtype == torch.float16)
 
-    def train_step():
+    def train_step(images=images, labels=labels):
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss_fn()).backward()
+        scaler.scale(loss_fn(images, labels)).backward()
         scaler.step(optimizer)
         scaler.update()
 
@@ -180,6 +182,19 @@ def profile(model: torch.nn.Module, backbone_params, args) -> dict:
         result['peak_kind'] = 'process peak RSS'
         result['tensor_peak_mb'] = cpu_tensor_peak_bytes(model, optimizer, train_step,
                                                          [images, labels]) / 2**20
+    result['epoch1_s'] = result['epoch2_s'] = None
+    if args.epoch_batches:
+        # Two passes over the same new batches: a prefix cache fills during
+        # the first and serves the second, as epochs 1 and 2 of training.
+        epoch = [(torch.randn_like(images), torch.randint_like(labels, args.num_classes))
+                 for _ in range(args.epoch_batches)]
+        for name in ('epoch1_s', 'epoch2_s'):
+            sync()
+            tic = time.perf_counter()
+            for batch in epoch:
+                train_step(*batch)
+            sync()
+            result[name] = time.perf_counter() - tic
 
     model.eval()
     with torch.no_grad(), torch.autocast(device.type, enabled=amp, dtype=amp_dtype):
@@ -215,8 +230,8 @@ def run_isolated(args, method: str) -> dict:
            '--arch', args.arch, '--batch-size', str(args.batch_size),
            '--img-size', str(args.img_size), '--num-classes', str(args.num_classes),
            '--device', args.device, '--warmup', str(args.warmup),
-           '--repeats', str(args.repeats)] + (['--no-amp'] if not args.amp else []) + (
-               ['--cpu-bf16'] if args.cpu_bf16 else [])
+           '--repeats', str(args.repeats), '--epoch-batches', str(args.epoch_batches)]
+    cmd += (['--no-amp'] if not args.amp else []) + (['--cpu-bf16'] if args.cpu_bf16 else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f'benchmark of {method!r} failed:\n{out.stderr[-3000:]}')
@@ -232,6 +247,8 @@ def add_ratios(rows: list) -> None:
 
 
 def fmt(value) -> str:
+    if value is None:
+        return '-'
     if isinstance(value, float):
         return f'{value:.3f}' if abs(value) < 10 else f'{value:.1f}'
     if isinstance(value, int):
@@ -292,11 +309,15 @@ def parse_args(argv=None):
                              'fp16 AMP: tensor_peak_mb then estimates the GPU figure)')
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--epoch-batches', type=int, default=0,
+                        help='also time two epochs of this many new batches (epoch1_s, '
+                             'epoch2_s): the prefix cache fills in the first')
     parser.add_argument('--work-dir', default='work_dirs/benchmark')
     parser.add_argument('--single', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
-        parser.error('--batch-size and --repeats must be >= 1, --warmup >= 0')
+    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0 or args.epoch_batches < 0:
+        parser.error('--batch-size and --repeats must be >= 1, --warmup and '
+                     '--epoch-batches >= 0')
     return args
 
 

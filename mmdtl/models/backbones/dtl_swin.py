@@ -1,6 +1,6 @@
 """DTL on mmpretrain's SwinTransformer: the glue that says where the
 Compact Side Network taps and where it adds back, stage by stage."""
-from typing import Iterator, List
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -10,6 +10,7 @@ from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
 from ..frozen_linear import build_frozen_linear_packs, packed_linears
+from ..prefix_cache import PrefixFeatureCache, cache_applies, stochastic_blocks
 from ..side_network import build_side_network
 
 
@@ -46,6 +47,11 @@ class DTLSwin(SwinTransformer):
             recomputed during backward, still passing gradients to the side
             network. Trades compute for memory (large detection inputs).
             Defaults to False.
+        prefix_cache (dict, optional): Cache the frozen trunk's features up
+            to block ``M`` per image and skip it on a hit (see
+            :class:`PrefixFeatureCache`, e.g. ``dict(storage='device')``).
+            Needs no drop path in blocks ``0..M`` and ``out_indices`` of
+            stages that end at ``M`` or later. Defaults to None (no cache).
         pack_frozen_weights (bool): On CPU, run the frozen linears on
             oneDNN-packed weights (see :class:`DTLViT`). Defaults to False.
         **kwargs: Other arguments of :class:`SwinTransformer`.
@@ -56,6 +62,7 @@ class DTLSwin(SwinTransformer):
                  csn: dict = dict(type='CompactSideNetwork'),
                  freeze_backbone: bool = True,
                  checkpoint_suffix: bool = False,
+                 prefix_cache: Optional[dict] = None,
                  pack_frozen_weights: bool = False,
                  **kwargs):
         super().__init__(*args, **kwargs)
@@ -78,6 +85,13 @@ class DTLSwin(SwinTransformer):
                 f'{list(self.csn.embed_dims)} in stages {list(self.csn.stages)}, but the '
                 f'backbone (depths {list(self.depths)}) has blocks of dims {block_dims} '
                 f'in stages {block_stages}')
+        self.prefix_cache = None
+        if prefix_cache is not None:
+            self._check_cacheable()
+            self.prefix_cache = PrefixFeatureCache(**prefix_cache)
+            # New weights make every cached feature stale.
+            self.register_load_state_dict_post_hook(
+                lambda module, incompatible: module.prefix_cache.clear())
 
     @staticmethod
     def _check_csn_cfg(csn: dict, **backbone) -> None:
@@ -108,6 +122,52 @@ class DTLSwin(SwinTransformer):
                 index += 1
             if stage.downsample is not None and index <= self.csn.start:
                 yield stage.downsample
+
+    def _check_cacheable(self) -> None:
+        start = self.csn.start
+        blocks = [block for stage in self.stages for block in stage.blocks]
+        stochastic = stochastic_blocks(blocks[:start + 1])
+        if stochastic or self.drop_after_pos.p > 0:
+            raise ValueError(
+                f'prefix_cache needs a deterministic prefix, but blocks {stochastic} (<= '
+                f'csn.start={start}) use drop path/dropout during training; set '
+                f'drop_path_rate=0 and drop_rate=0, or remove prefix_cache')
+        last_blocks = torch.tensor(self.depths).cumsum(0) - 1
+        early = [i for i in self.out_indices if last_blocks[i] < start]
+        if early:
+            raise ValueError(
+                f'prefix_cache: the stages {early} of out_indices end before block '
+                f'csn.start={start} and lie in the cached prefix; only stages that end at '
+                f'or after it are computed')
+
+    def _embed(self, images: torch.Tensor) -> Tuple[torch.Tensor, tuple]:
+        """Patch embedding and (optional) absolute position embedding."""
+        x, hw_shape = self.patch_embed(images)
+        if self.use_abs_pos_embed:
+            x = x + resize_pos_embed(
+                self.absolute_pos_embed, self.patch_resolution, hw_shape,
+                self.interpolate_mode, self.num_extra_tokens)
+        return self.drop_after_pos(x), hw_shape
+
+    @torch.no_grad()
+    def _prefix_features(self, images: torch.Tensor
+                         ) -> Tuple[Dict[int, torch.Tensor], torch.Tensor, tuple]:
+        """What the side network and block M + 1 need from the frozen trunk:
+        the inputs of the tapped blocks <= M and the output of block M (before
+        its add-back, on its stage's grid)."""
+        x, hw_shape = self._embed(images)
+        tap_inputs, index = {}, 0
+        for stage in self.stages:
+            for block in stage.blocks:
+                if index in self.csn.taps:
+                    tap_inputs[index] = x
+                x = block(x, hw_shape)
+                if index == self.csn.start:
+                    return tap_inputs, x, tuple(hw_shape)
+                index += 1
+            if stage.downsample is not None:
+                x, hw_shape = stage.downsample(x, hw_shape)
+        raise AssertionError('csn.start lies beyond the last block')
 
     def _frozen_prefix(self) -> bool:
         """True when nothing up to block M can receive a gradient."""
@@ -141,30 +201,37 @@ class DTLSwin(SwinTransformer):
             return torch.set_grad_enabled(
                 grad_enabled and not (no_grad_prefix and num_done <= start))
 
-        with trunk_grad(0):
-            x, hw_shape = self.patch_embed(x)
-            if self.use_abs_pos_embed:
-                x = x + resize_pos_embed(
-                    self.absolute_pos_embed, self.patch_resolution, hw_shape,
-                    self.interpolate_mode, self.num_extra_tokens)
-            x = self.drop_after_pos(x)
+        if cache_applies(self.prefix_cache, self.training, no_grad_prefix):
+            # Blocks 0..M (and the patch merging before M) come from the
+            # cache: run blocks from M + 1 on.
+            tap_inputs, x, hw_shape = self.prefix_cache.fetch(self, x, self._prefix_features)
+            first = start + 1
+        else:
+            with trunk_grad(0):
+                x, hw_shape = self._embed(x)
+            tap_inputs, first = {}, 0
 
         outs: List[torch.Tensor] = []
         running_sum = None
         index = 0  # global block index
         for i, stage in enumerate(self.stages):
             for block in stage.blocks:
-                running_sum = self.csn.tap(index, x, running_sum)
-                with trunk_grad(index):
-                    if self.checkpoint_suffix and torch.is_grad_enabled() and x.requires_grad:
-                        x = cp.checkpoint(self._run_block, block, x, hw_shape,
-                                          use_reentrant=False)
-                    else:
-                        x = block(x, hw_shape)
+                running_sum = self.csn.tap(
+                    index, x if index >= first else tap_inputs.get(index), running_sum)
+                if index >= first:
+                    with trunk_grad(index):
+                        if self.checkpoint_suffix and torch.is_grad_enabled() \
+                                and x.requires_grad:
+                            x = cp.checkpoint(self._run_block, block, x, hw_shape,
+                                              use_reentrant=False)
+                        else:
+                            x = block(x, hw_shape)
                 # The block output is on the unpadded grid: window padding
                 # is undone inside the block.
                 x = self.csn.add_back(index, x, running_sum, hw_shape)
                 index += 1
+            if index < first:
+                continue  # a stage of the cached prefix, patch merging included
             if stage.downsample is not None and self.out_after_downsample:
                 with trunk_grad(index):
                     x, hw_shape = stage.downsample(x, hw_shape)

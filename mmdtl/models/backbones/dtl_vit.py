@@ -10,7 +10,7 @@ from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
 from ..frozen_linear import build_frozen_linear_packs, packed_linears
-from ..prefix_cache import PrefixFeatureCache
+from ..prefix_cache import PrefixFeatureCache, cache_applies, stochastic_blocks
 from ..side_network import build_side_network
 
 
@@ -95,9 +95,7 @@ class DTLViT(VisionTransformer):
 
     def _check_cacheable(self) -> None:
         start = self.csn.start
-        stochastic = [i for i, layer in enumerate(self.layers[:start + 1]) if any(
-            getattr(m, 'drop_prob', 0) > 0 or (isinstance(m, nn.Dropout) and m.p > 0)
-            for m in layer.modules())]
+        stochastic = stochastic_blocks(self.layers[:start + 1])
         if stochastic or self.drop_after_pos.p > 0:
             raise ValueError(
                 f'prefix_cache needs a deterministic prefix, but blocks {stochastic} (<= '
@@ -162,11 +160,6 @@ class DTLViT(VisionTransformer):
             x = layer(x)
         return tap_inputs, x, grid
 
-    def _use_cache(self, no_grad_prefix: bool) -> bool:
-        cache = self.prefix_cache
-        return (cache is not None and cache.enabled and no_grad_prefix
-                and (self.training or cache.use_in_eval))
-
     def forward(self, x: torch.Tensor) -> tuple:
         with packed_linears(self.frozen_linear_packs, x):
             return self._forward(x)
@@ -180,7 +173,7 @@ class DTLViT(VisionTransformer):
         self._check_input(x)
         grad_enabled = torch.is_grad_enabled()
         no_grad_prefix = self._frozen_prefix()
-        if self._use_cache(no_grad_prefix):
+        if cache_applies(self.prefix_cache, self.training, no_grad_prefix):
             # Blocks 0..M come from the cache: start the loop at M + 1.
             tap_inputs, x, grid = self.prefix_cache.fetch(self, x, self._prefix_features)
             first = self.csn.start + 1
