@@ -23,12 +23,32 @@ from mmdtl.utils import save_checkpoint_atomic
 STORAGES = ('memory', 'device', 'disk')
 
 
-def stochastic_blocks(blocks) -> list:
-    """Indices of the modules in ``blocks`` with drop path or dropout, whose
-    outputs differ between training passes and so cannot be cached."""
-    return [i for i, block in enumerate(blocks) if any(
+def check_deterministic_prefix(prefix_blocks, drop_after_pos: nn.Module, start: int) -> None:
+    """Refuse a prefix (blocks ``0..M``) whose outputs differ between training
+    passes (drop path, dropout), since cached features would then be wrong."""
+    stochastic = [i for i, block in enumerate(prefix_blocks) if any(
         getattr(m, 'drop_prob', 0) > 0 or (isinstance(m, nn.Dropout) and m.p > 0)
         for m in block.modules())]
+    if stochastic or drop_after_pos.p > 0:
+        raise ValueError(
+            f'prefix_cache needs a deterministic prefix, but blocks {stochastic} (<= '
+            f'csn.start={start}) use drop path/dropout during training; set '
+            f'drop_path_rate=0 and drop_rate=0, or remove prefix_cache')
+
+
+def build_prefix_cache(backbone: nn.Module,
+                       cfg: Optional[dict]) -> Optional['PrefixFeatureCache']:
+    """The cache of a DTL backbone's ``prefix_cache`` option (None if unset),
+    after the backbone's ``_check_cacheable``; loading new weights into the
+    backbone clears it."""
+    if cfg is None:
+        return None
+    backbone._check_cacheable()
+    cache = PrefixFeatureCache(**cfg)
+    # New weights make every cached feature stale.
+    backbone.register_load_state_dict_post_hook(
+        lambda module, incompatible: module.prefix_cache.clear())
+    return cache
 
 
 def cache_applies(cache: Optional['PrefixFeatureCache'], training: bool,

@@ -10,7 +10,7 @@ from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
 from ..frozen_linear import build_frozen_linear_packs, packed_linears
-from ..prefix_cache import PrefixFeatureCache, cache_applies, stochastic_blocks
+from ..prefix_cache import build_prefix_cache, cache_applies, check_deterministic_prefix
 from ..side_network import build_side_network
 
 
@@ -85,13 +85,7 @@ class DTLSwin(SwinTransformer):
                 f'{list(self.csn.embed_dims)} in stages {list(self.csn.stages)}, but the '
                 f'backbone (depths {list(self.depths)}) has blocks of dims {block_dims} '
                 f'in stages {block_stages}')
-        self.prefix_cache = None
-        if prefix_cache is not None:
-            self._check_cacheable()
-            self.prefix_cache = PrefixFeatureCache(**prefix_cache)
-            # New weights make every cached feature stale.
-            self.register_load_state_dict_post_hook(
-                lambda module, incompatible: module.prefix_cache.clear())
+        self.prefix_cache = build_prefix_cache(self, prefix_cache)
 
     @staticmethod
     def _check_csn_cfg(csn: dict, **backbone) -> None:
@@ -126,12 +120,7 @@ class DTLSwin(SwinTransformer):
     def _check_cacheable(self) -> None:
         start = self.csn.start
         blocks = [block for stage in self.stages for block in stage.blocks]
-        stochastic = stochastic_blocks(blocks[:start + 1])
-        if stochastic or self.drop_after_pos.p > 0:
-            raise ValueError(
-                f'prefix_cache needs a deterministic prefix, but blocks {stochastic} (<= '
-                f'csn.start={start}) use drop path/dropout during training; set '
-                f'drop_path_rate=0 and drop_rate=0, or remove prefix_cache')
+        check_deterministic_prefix(blocks[:start + 1], self.drop_after_pos, start)
         last_blocks = torch.tensor(self.depths).cumsum(0) - 1
         early = [i for i in self.out_indices if last_blocks[i] < start]
         if early:

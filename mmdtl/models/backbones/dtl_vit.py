@@ -10,7 +10,7 @@ from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
 from ..frozen_linear import build_frozen_linear_packs, packed_linears
-from ..prefix_cache import PrefixFeatureCache, cache_applies, stochastic_blocks
+from ..prefix_cache import build_prefix_cache, cache_applies, check_deterministic_prefix
 from ..side_network import build_side_network
 
 
@@ -85,22 +85,11 @@ class DTLViT(VisionTransformer):
                 f'{self.num_layers} blocks of {self.embed_dims} dims')
         self._register_load_state_dict_pre_hook(self._final_norm_into_ln2)
         self.frozen_linear_packs = build_frozen_linear_packs(pack_frozen_weights, 'DTLViT')
-        self.prefix_cache = None
-        if prefix_cache is not None:
-            self._check_cacheable()
-            self.prefix_cache = PrefixFeatureCache(**prefix_cache)
-            # New weights make every cached feature stale.
-            self.register_load_state_dict_post_hook(
-                lambda module, incompatible: module.prefix_cache.clear())
+        self.prefix_cache = build_prefix_cache(self, prefix_cache)
 
     def _check_cacheable(self) -> None:
         start = self.csn.start
-        stochastic = stochastic_blocks(self.layers[:start + 1])
-        if stochastic or self.drop_after_pos.p > 0:
-            raise ValueError(
-                f'prefix_cache needs a deterministic prefix, but blocks {stochastic} (<= '
-                f'csn.start={start}) use drop path/dropout during training; set '
-                f'drop_path_rate=0 and drop_rate=0, or remove prefix_cache')
+        check_deterministic_prefix(self.layers[:start + 1], self.drop_after_pos, start)
         early = [i for i in self.out_indices if i <= start]
         if early:
             raise ValueError(f'prefix_cache: out_indices {early} lie in the cached prefix '
