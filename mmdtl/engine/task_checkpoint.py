@@ -153,13 +153,21 @@ def _derived_backbone_cfg(backbone: nn.Module) -> dict:
     if isinstance(arch, Mapping):
         cfg['arch'] = dict(arch)
     for name in ('img_size', 'out_type', 'final_norm', 'with_cls_token', 'out_indices',
-                 'interpolate_mode'):
+                 'interpolate_mode', 'out_after_downsample', 'window_size'):
         if hasattr(backbone, name):
             cfg[name] = getattr(backbone, name)
     patch_embed = getattr(backbone, 'patch_embed', None)
     if patch_embed is not None and hasattr(patch_embed, 'projection'):
         cfg['patch_size'] = patch_embed.projection.stride
     return _plain(cfg, 'backbone_cfg')
+
+
+def _derived_neck_cfg(neck: nn.Module) -> dict:
+    if type(neck).__name__ == 'GlobalAveragePooling':
+        dims = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3}
+        return dict(type='GlobalAveragePooling', dim=dims[type(neck.gap)])
+    raise ValueError(f'Cannot derive the config of a {type(neck).__name__} neck; pass '
+                     f'neck_cfg (e.g. the `model.neck` of the training config).')
 
 
 def _derived_head_cfg(head: nn.Module) -> dict:
@@ -219,8 +227,8 @@ def save_task_checkpoint(model: nn.Module,
             exposes (arch, img_size, patch_size, out_type, ...).
         head_cfg (dict, optional): The head config. Defaults to one derived
             from a ``LinearClsHead``.
-        neck_cfg (dict, optional): The neck config, needed only if the model
-            has a neck with state.
+        neck_cfg (dict, optional): The neck config. Defaults to one derived
+            from a ``GlobalAveragePooling`` neck.
 
     Returns:
         dict: The saved content.
@@ -242,9 +250,10 @@ def save_task_checkpoint(model: nn.Module,
         head_state = _tensors(head)
     neck = getattr(model, 'neck', None) if model is not backbone else None
     neck_state = None
-    if neck is not None and len(neck.state_dict()):
-        if neck_cfg is None:
-            raise ValueError('The model has a neck with state: pass neck_cfg.')
+    if neck is not None:
+        # A neck without state (Swin's GlobalAveragePooling) is still part of
+        # the task: record its config so that serving can rebuild it.
+        neck_cfg = _derived_neck_cfg(neck) if neck_cfg is None else neck_cfg
         neck_state = _tensors(neck)
     else:
         neck_cfg = None

@@ -3,8 +3,8 @@
 DTL never changes the backbone, and blocks ``0..M`` of a task with
 ``csn.start = M`` see no task-specific input: their inputs and outputs are
 those of the plain frozen backbone. :class:`MultiTaskDTL` therefore runs the
-backbone's token stream (the *trunk*) once up to the largest ``M`` of its
-tasks; every task reads its taps from the trunk while its ``M`` is not
+backbone's token stream (the *trunk*; ViT or Swin) once up to the largest
+``M`` of its tasks; every task reads its taps from the trunk while its ``M`` is not
 reached, branches off after its block ``M`` (adding its side output) and
 runs only the remaining blocks on its own stream. Streams that pass through
 the same frozen block are concatenated along the batch and run as one call.
@@ -13,7 +13,7 @@ import copy
 import os
 import os.path as osp
 from collections.abc import Mapping
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -29,12 +29,13 @@ from mmdtl.engine.task_checkpoint import (
     read_task_file,
 )
 
+from .backbones import DTLSwin, DTLViT
 from .frozen_linear import packed_linears
 from .side_network import build_side_network
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 # Backbone settings that change the output without changing tensor shapes.
-_OUTPUT_KEYS = ('out_type', 'final_norm', 'with_cls_token')
+_OUTPUT_KEYS = ('out_type', 'final_norm', 'with_cls_token', 'out_after_downsample')
 
 
 def _load_config(config: Union[str, dict, Config]) -> Config:
@@ -53,8 +54,8 @@ def _backbone_cfg(backbone: Union[str, dict, Config]) -> dict:
     if 'backbone' in cfg:
         cfg = cfg.backbone
     if 'type' not in cfg:
-        raise ValueError(f'No backbone config found in {backbone!r}; pass a DTLViT config '
-                         f'dict or a config file with `model.backbone`.')
+        raise ValueError(f'No backbone config found in {backbone!r}; pass a DTLViT or '
+                         f'DTLSwin config dict or a config file with `model.backbone`.')
     return cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)
 
 
@@ -80,8 +81,9 @@ class MultiTaskDTL(BaseModel):
     each task's remaining blocks.
 
     Args:
-        backbone (dict | str | Config): Config of the shared ``DTLViT``, or a
-            config file / config whose ``model.backbone`` is used. Its own
+        backbone (dict | str | Config): Config of the shared ``DTLViT`` or
+            ``DTLSwin``, or a config file / config whose ``model.backbone``
+            is used. Its own
             ``csn`` is built but not used.
         tasks (Sequence[str] | Mapping[str, str]): Task files, or task name
             -> task file. Names default to the file's ``meta['task_name']``,
@@ -135,8 +137,8 @@ class MultiTaskDTL(BaseModel):
         if backbone_checkpoint is None:
             backbone_checkpoint = contents[0].get('backbone_checkpoint')
         self.backbone = MODELS.build(cfg)
-        if not hasattr(self.backbone, 'csn') or not hasattr(self.backbone, 'layers'):
-            raise TypeError(f'MultiTaskDTL needs a DTLViT-like backbone, got '
+        if not isinstance(self.backbone, (DTLViT, DTLSwin)):
+            raise TypeError(f'MultiTaskDTL needs a DTLViT or DTLSwin backbone, got '
                             f'{type(self.backbone).__name__}.')
         if backbone_checkpoint:
             load_backbone_weights(self.backbone, backbone_checkpoint)
@@ -165,25 +167,25 @@ class MultiTaskDTL(BaseModel):
             raise type(e)(f'{e}{hint}') from None
         saved_cfg = content.get('backbone_cfg') or {}
         for option in _OUTPUT_KEYS:
-            if option in saved_cfg and saved_cfg[option] != getattr(self.backbone, option):
+            if option in saved_cfg and hasattr(self.backbone, option) \
+                    and saved_cfg[option] != getattr(self.backbone, option):
                 raise ValueError(f'Task file {path} was trained with backbone {option}='
                                  f'{saved_cfg[option]!r}, the shared backbone has '
                                  f'{getattr(self.backbone, option)!r}.')
-        bb = self.backbone
-        csn = build_side_network(dict(content['csn_cfg']), embed_dims=bb.embed_dims,
-                                 num_layers=bb.num_layers)
-        if csn.num_layers != bb.num_layers:
+        defaults = self.backbone.csn_defaults()
+        csn = build_side_network(dict(content['csn_cfg']), **defaults)
+        if csn.num_layers != defaults['num_layers']:
             raise ValueError(f'Task file {path} has a side network for {csn.num_layers} '
-                             f'blocks, the backbone has {bb.num_layers}.')
+                             f'blocks, the backbone has {defaults["num_layers"]}.')
         csn.load_state_dict(content['csn_state'])
         self.csns[key] = csn
         if content.get('head_state') is not None:
             head = MODELS.build(dict(content['head_cfg']))
             head.load_state_dict(content['head_state'])
             self.heads[key] = head
-        if content.get('neck_state') is not None:
+        if content.get('neck_cfg') is not None:
             neck = MODELS.build(dict(content['neck_cfg']))
-            neck.load_state_dict(content['neck_state'])
+            neck.load_state_dict(content.get('neck_state') or {})
             self.necks[key] = neck
         self.class_names[name] = content.get('class_names')
 
@@ -234,12 +236,21 @@ class MultiTaskDTL(BaseModel):
             (one entry per ``out_indices``).
         """
         with packed_linears(self.backbone.frozen_linear_packs, inputs):
-            return self._extract_feat(inputs)
+            if isinstance(self.backbone, DTLSwin):
+                return self._swin_features(inputs)
+            return self._vit_features(inputs)
 
-    def _extract_feat(self, inputs: torch.Tensor) -> Dict[str, Tuple[torch.Tensor, ...]]:
+    def _run_streams(self, fn: Callable[[torch.Tensor], torch.Tensor],
+                     streams: List[torch.Tensor]) -> List[torch.Tensor]:
+        """``fn`` on every stream; the same frozen weights serve all of them,
+        so with ``batch_tasks`` they go through as one concatenated batch."""
+        if self.batch_tasks and len(streams) > 1:
+            return list(fn(torch.cat(streams)).split([len(x) for x in streams]))
+        return [fn(x) for x in streams]
+
+    def _vit_features(self, inputs: torch.Tensor) -> Dict[str, Tuple[torch.Tensor, ...]]:
         bb = self.backbone
         bb._check_input(inputs)
-        batch = inputs.shape[0]
         num_layers = len(bb.layers)
         csns = [self.csns[str(i)] for i in range(len(self.task_names))]
         starts = [csn.start for csn in csns]
@@ -267,11 +278,7 @@ class MultiTaskDTL(BaseModel):
                 # Up to its M, a task's block inputs are the trunk's.
                 sums[t] = csn.tap(i, streams[t] if t in streams else trunk, sums[t])
             inputs_i = ([trunk] if on_trunk else []) + [streams[t] for t in branched]
-            if self.batch_tasks and len(inputs_i) > 1:
-                # Same frozen weights for every stream: one call, split back.
-                outputs_i = list(layer(torch.cat(inputs_i)).split(batch))
-            else:
-                outputs_i = [layer(x) for x in inputs_i]
+            outputs_i = self._run_streams(layer, inputs_i)
             if on_trunk:
                 trunk = outputs_i.pop(0)
             for t, tokens in zip(branched, outputs_i):
@@ -288,6 +295,70 @@ class MultiTaskDTL(BaseModel):
                         outs[t].append(shared_out)
         return {name: tuple(outs[t]) for t, name in enumerate(self.task_names)}
 
+
+    def _swin_features(self, inputs: torch.Tensor) -> Dict[str, Tuple[torch.Tensor, ...]]:
+        """As :meth:`_vit_features`, stage by stage: every live stream (the
+        trunk while a task has not branched, and each branched task) goes
+        through the stage's patch merging, and stage outputs of tasks that
+        have not branched yet are the trunk's, formatted once."""
+        bb = self.backbone
+        csns = [self.csns[str(i)] for i in range(len(self.task_names))]
+        starts = [csn.start for csn in csns]
+        trunk_end = max(starts)
+        trunk_key = -1  # the shared stream, among the task indices
+
+        trunk, hw_shape = bb._embed(inputs)
+        sums: List[Optional[torch.Tensor]] = [None] * len(csns)
+        streams: Dict[int, torch.Tensor] = {}  # tasks that have branched off
+        outs: List[list] = [[] for _ in csns]
+
+        index = 0  # global block index
+        for s, stage in enumerate(bb.stages):
+            for block in stage.blocks:
+                on_trunk = index <= trunk_end
+                branched = sorted(streams)
+                for t, csn in enumerate(csns):
+                    # Up to its M, a task's block inputs are the trunk's.
+                    sums[t] = csn.tap(index, streams[t] if t in streams else trunk, sums[t])
+                inputs_i = ([trunk] if on_trunk else []) + [streams[t] for t in branched]
+                outputs_i = self._run_streams(lambda x: block(x, hw_shape), inputs_i)
+                if on_trunk:
+                    trunk = outputs_i.pop(0)
+                for t, tokens in zip(branched, outputs_i):
+                    streams[t] = csns[t].add_back(index, tokens, sums[t], hw_shape)
+                for t, start in enumerate(starts):
+                    if start == index:
+                        streams[t] = csns[t].add_back(index, trunk, sums[t], hw_shape)
+                index += 1
+
+            live = dict(streams)
+            if index <= trunk_end:
+                live[trunk_key] = trunk
+            keys = sorted(live)
+
+            def merge_patches(hw_in):
+                hw_out = []
+
+                def merge(x):
+                    x, shape = stage.downsample(x, hw_in)
+                    hw_out.append(shape)
+                    return x
+                live.update(zip(keys, self._run_streams(merge, [live[k] for k in keys])))
+                return hw_out[0]
+
+            if stage.downsample is not None and bb.out_after_downsample:
+                hw_shape = merge_patches(hw_shape)
+            if s in bb.out_indices:
+                shared = (bb._format_output(s, live[trunk_key], hw_shape)
+                          if trunk_key in live else None)
+                for t in range(len(csns)):
+                    outs[t].append(bb._format_output(s, live[t], hw_shape)
+                                   if t in live else shared)
+            if stage.downsample is not None and not bb.out_after_downsample:
+                hw_shape = merge_patches(hw_shape)
+            trunk = live.get(trunk_key)
+            streams = {t: x for t, x in live.items() if t != trunk_key}
+        return {name: tuple(outs[t]) for t, name in enumerate(self.task_names)}
 
 class MultiTaskInferencer:
     """Classify images with several DTL tasks on one frozen backbone.

@@ -230,3 +230,78 @@ def test_multitask_benchmark_tiny(tmp_path, capsys):
     assert float(ten['flops_ratio']) <= 1.1 * float(ten['target_ratio'])
     assert float(ten['max_abs_diff']) < 1e-5
     assert float(rows[1]['flops_ratio']) == pytest.approx(1.0, abs=0.01)
+
+
+SWIN_BACKBONE = dict(type='DTLSwin', arch=dict(embed_dims=16, depths=[2, 2, 2, 2],
+                                              num_heads=[1, 2, 2, 4]),
+                     img_size=32, window_size=2, drop_path_rate=0., pad_small_map=True,
+                     out_indices=(0, 1, 2, 3), csn=dict(type='CompactSideNetwork'))
+# M in stage 0, at the end of stage 1 and inside stage 2; kernels per stage.
+SWIN_TASKS = {
+    'early': dict(start=1, taps=[0, 2, 4, 6], rank=2, dwconv_kernel=3),
+    'middle': dict(start=3, taps=None, rank=1, dwconv_kernel=0),
+    'late': dict(start=4, taps=[4, 6, 7], rank=3, dwconv_kernel=5),
+}
+
+
+@pytest.fixture(scope='module', params=[False, True], ids=['out_before_merge', 'out_after_merge'])
+def swin_setup(request, tmp_path_factory):
+    """Three Swin classifiers (every stage out, GAP neck, head) on one
+    backbone, saved as task files."""
+    backbone_cfg = dict(SWIN_BACKBONE, out_after_downsample=request.param)
+    folder = tmp_path_factory.mktemp('multitask_swin')
+    torch.manual_seed(7)
+    reference = MODELS.build(backbone_cfg)
+    for name, param in reference.named_parameters():
+        if 'relative_position_bias_table' in name:
+            torch.nn.init.normal_(param, std=0.2)  # not the all-zero start
+    backbone_state = {k: v for k, v in reference.state_dict().items()
+                      if not k.startswith('csn.')}
+    backbone_file = str(folder / 'swin_backbone.pth')
+    torch.save(dict(state_dict=backbone_state, meta=dict()), backbone_file)
+    models, files = {}, {}
+    for seed, (name, csn) in enumerate(SWIN_TASKS.items()):
+        torch.manual_seed(seed)
+        model = MODELS.build(dict(
+            type='ImageClassifier', backbone=dict(backbone_cfg, csn=dict(
+                type='CompactSideNetwork', **csn)),
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(type='LinearClsHead', num_classes=4 + seed, in_channels=128))).eval()
+        for up in model.backbone.csn.up_projs.values():
+            torch.nn.init.normal_(up, std=0.5)
+        model.backbone.load_state_dict(backbone_state, strict=False)
+        files[name] = str(folder / f'{name}.pth')
+        save_task_checkpoint(model, files[name], backbone_checkpoint=backbone_file,
+                             meta=dict(task_name=name))
+        models[name] = model
+    return dict(backbone_cfg=backbone_cfg, backbone_file=backbone_file, models=models,
+                files=files)
+
+
+@pytest.mark.parametrize('batch_tasks', [True, False])
+def test_swin_outputs_equal_single_task_models(swin_setup, batch_tasks):
+    """Logits and every stage's features equal each task's own model,
+    including stages that end before a task's M (shared with the trunk)."""
+    multi = MultiTaskDTL(swin_setup['backbone_cfg'], swin_setup['files'],
+                         backbone_checkpoint=swin_setup['backbone_file'],
+                         batch_tasks=batch_tasks)
+    assert multi.starts == {n: c['start'] for n, c in SWIN_TASKS.items()}
+    blocks = [b for stage in multi.backbone.stages for b in stage.blocks]
+    seen = []
+    for i, block in enumerate(blocks):
+        block.register_forward_hook(lambda m, args, out, i=i: seen.append((i, len(args[0]))))
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        outputs = multi(images)
+        feats = multi.extract_feat(images)
+        for name, model in swin_setup['models'].items():
+            torch.testing.assert_close(outputs[name], model(images), rtol=1e-5, atol=1e-5)
+            expected = model.backbone(images)
+            assert len(feats[name]) == len(expected) == 4
+            for got, want in zip(feats[name], expected):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # The trunk runs blocks 0..4 once; after its M each task runs its own stream.
+    seen = seen[:len(seen) // 2]  # the forward pass (extract_feat ran it again)
+    calls = [sum(n for j, n in seen if j == i) for i in range(len(blocks))]
+    starts = [c['start'] for c in SWIN_TASKS.values()]  # 1, 3, 4
+    assert calls == [3 * ((i <= 4) + sum(s < i for s in starts)) for i in range(8)]

@@ -71,13 +71,11 @@ class DTLSwin(SwinTransformer):
         self.frozen_linear_packs = build_frozen_linear_packs(pack_frozen_weights, 'DTLSwin')
         if freeze_backbone:
             self.requires_grad_(False)
-        block_dims = [stage.embed_dims for stage in self.stages for _ in stage.blocks]
-        block_stages = [i for i, stage in enumerate(self.stages) for _ in stage.blocks]
+        defaults = self.csn_defaults()
+        block_dims, block_stages = defaults['embed_dims'], defaults['stages']
         if isinstance(csn, dict):
-            self._check_csn_cfg(csn, embed_dims=block_dims, num_layers=len(block_dims),
-                                stages=block_stages)
-        self.csn = build_side_network(
-            csn, embed_dims=block_dims, num_layers=len(block_dims), stages=block_stages)
+            self._check_csn_cfg(csn, **defaults)
+        self.csn = build_side_network(csn, **defaults)
         if (self.csn.num_layers != len(block_dims) or list(self.csn.embed_dims) != block_dims
                 or list(self.csn.stages) != block_stages):
             raise ValueError(
@@ -86,6 +84,13 @@ class DTLSwin(SwinTransformer):
                 f'backbone (depths {list(self.depths)}) has blocks of dims {block_dims} '
                 f'in stages {block_stages}')
         self.prefix_cache = build_prefix_cache(self, prefix_cache)
+
+    def csn_defaults(self) -> dict:
+        """What this backbone fills into a side-network config: the dims and
+        stage of every block, numbered globally."""
+        block_dims = [stage.embed_dims for stage in self.stages for _ in stage.blocks]
+        block_stages = [i for i, stage in enumerate(self.stages) for _ in stage.blocks]
+        return dict(embed_dims=block_dims, num_layers=len(block_dims), stages=block_stages)
 
     @staticmethod
     def _check_csn_cfg(csn: dict, **backbone) -> None:

@@ -75,8 +75,7 @@ class DTLViT(VisionTransformer):
         self.checkpoint_suffix = checkpoint_suffix
         if freeze_backbone:
             self.requires_grad_(False)
-        self.csn = build_side_network(
-            csn, embed_dims=self.embed_dims, num_layers=self.num_layers)
+        self.csn = build_side_network(csn, **self.csn_defaults())
         if self.csn.num_layers != self.num_layers or any(
                 d != self.embed_dims for d in self.csn.embed_dims):
             raise ValueError(
@@ -86,6 +85,10 @@ class DTLViT(VisionTransformer):
         self._register_load_state_dict_pre_hook(self._final_norm_into_ln2)
         self.frozen_linear_packs = build_frozen_linear_packs(pack_frozen_weights, 'DTLViT')
         self.prefix_cache = build_prefix_cache(self, prefix_cache)
+
+    def csn_defaults(self) -> dict:
+        """What this backbone fills into a side-network config."""
+        return dict(embed_dims=self.embed_dims, num_layers=self.num_layers)
 
     def _check_cacheable(self) -> None:
         start = self.csn.start
