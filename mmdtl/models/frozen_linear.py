@@ -3,7 +3,7 @@
 A DTL backbone never updates its weights, so on CPU every frozen
 ``nn.Linear`` can be reordered once into oneDNN's blocked layout and kept
 that way. oneDNN's packed fp32 GEMM is much faster than the default CPU
-matmul (measured 2.3x on a 788x768x3072 linear of ViT-B, see
+matmul (a ViT-B DTL+ step: 0.6x the time, ``dtl+packed`` in
 ``tools/analysis/benchmark.py``), and packing is something full fine-tuning
 cannot keep, since its weights change every step. The frozen suffix still
 passes gradients to the side network: its backward ``dx = dy @ W`` runs on a
