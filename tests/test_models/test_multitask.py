@@ -214,9 +214,10 @@ def test_multitask_infer_cli(setup, tmp_path, capsys):
         assert all(ln.count(f'{name}_') == 2 for ln in lines)  # top-2 class names
 
 
-def test_multitask_benchmark_tiny(tmp_path, capsys):
+@pytest.mark.parametrize('arch', ['vit-tiny', 'swin-tiny'])
+def test_multitask_benchmark_tiny(tmp_path, capsys, arch):
     tool = load_tool('multitask_benchmark', 'tools/analysis/multitask_benchmark.py')
-    code = tool.main(['--tiny', '--work-dir', str(tmp_path), '--batch-size', '2',
+    code = tool.main(['--arch', arch, '--work-dir', str(tmp_path), '--batch-size', '2',
                       '--warmup', '0', '--repeats', '1', '--num-threads', '1'])
     assert code == 0
     assert '[multitask_benchmark] K=10' in capsys.readouterr().out

@@ -19,6 +19,7 @@ not depend on the values) and are saved and loaded as real task files.
 Example::
 
     python tools/analysis/multitask_benchmark.py --batch-size 4
+    python tools/analysis/multitask_benchmark.py --arch swin-b --batch-size 4
     python tools/analysis/multitask_benchmark.py --device cuda --batch-size 32
     python tools/analysis/multitask_benchmark.py --tiny --work-dir /tmp/mtb
 """
@@ -34,12 +35,19 @@ import time
 import torch
 
 ARCHS = {
-    # name: (DTLViT cfg without csn, csn recipe, number of classes)
-    'vit-b': (dict(arch='b', img_size=224, patch_size=16),
+    # name: (backbone cfg without csn, csn recipe, number of classes)
+    'vit-b': (dict(type='DTLViT', arch='b', img_size=224, patch_size=16),
               dict(rank=2, taps=list(range(12)), start=6, dwconv_kernel=3), 100),
-    'vit-tiny': (dict(arch=dict(embed_dims=32, num_layers=6, num_heads=2,
-                                feedforward_channels=64), img_size=32, patch_size=8),
+    'swin-b': (dict(type='DTLSwin', arch='base', img_size=224),
+               dict(rank=4, taps=list(range(4, 24)), start=14, dwconv_kernel=5), 100),
+    'vit-tiny': (dict(type='DTLViT', arch=dict(embed_dims=32, num_layers=6, num_heads=2,
+                                               feedforward_channels=64),
+                      img_size=32, patch_size=8),
                  dict(rank=2, taps=list(range(6)), start=3, dwconv_kernel=3), 10),
+    'swin-tiny': (dict(type='DTLSwin', arch=dict(embed_dims=16, depths=[2, 2, 2],
+                                                 num_heads=[1, 2, 2]),
+                       img_size=32, window_size=2, out_indices=(2, )),
+                  dict(rank=2, taps=list(range(2, 6)), start=2, dwconv_kernel=3), 10),
 }
 COLUMNS = ['tasks', 'separate_gflops', 'multitask_gflops', 'flops_ratio', 'target_ratio',
            'within_target', 'separate_ms', 'multitask_ms', 'speedup', 'max_abs_diff']
@@ -73,13 +81,16 @@ def make_task_files(args, folder: str):
     from mmdtl.engine import save_task_checkpoint
 
     backbone_cfg, csn_cfg, num_classes = ARCHS[args.arch]
-    backbone_cfg = dict(type='DTLViT', **backbone_cfg,
-                        csn=dict(type='CompactSideNetwork', **csn_cfg))
+    backbone_cfg = dict(backbone_cfg, csn=dict(type='CompactSideNetwork', **csn_cfg))
+    is_swin = backbone_cfg['type'] == 'DTLSwin'
+    if is_swin:
+        backbone_cfg['drop_path_rate'] = 0.  # Swin's default 0.1; serving is eval anyway
     torch.manual_seed(args.seed)
+    feature_dims = MODELS.build(backbone_cfg).csn.embed_dims[-1]
     model = MODELS.build(dict(
         type='ImageClassifier', backbone=backbone_cfg,
-        head=dict(type='LinearClsHead', num_classes=num_classes,
-                  in_channels=_embed_dims(backbone_cfg))))
+        neck=dict(type='GlobalAveragePooling') if is_swin else None,
+        head=dict(type='LinearClsHead', num_classes=num_classes, in_channels=feature_dims)))
     backbone_file = osp.join(folder, 'backbone.pth')
     state = {k: v for k, v in model.backbone.state_dict().items() if not k.startswith('csn.')}
     torch.save(dict(state_dict=state), backbone_file)
@@ -94,13 +105,6 @@ def make_task_files(args, folder: str):
                              meta=dict(task_name=f'task{k}'), backbone_cfg=backbone_cfg)
         files.append(path)
     return backbone_cfg, backbone_file, files
-
-
-def _embed_dims(backbone_cfg: dict) -> int:
-    from mmpretrain.models import VisionTransformer
-    arch = backbone_cfg['arch']
-    return arch['embed_dims'] if isinstance(arch, dict) else \
-        VisionTransformer.arch_zoo[arch]['embed_dims']
 
 
 def count_flops(fn) -> int:
@@ -132,19 +136,21 @@ def measure(args, k: int, backbone_cfg: dict, backbone_file: str, files: list) -
     multi = MultiTaskDTL(backbone_cfg, files[:k], backbone_checkpoint=backbone_file)
     multi = multi.to(args.device)
     backbone = multi.backbone
-    num_layers, start = backbone.num_layers, min(multi.starts.values())
-    img_size = backbone.img_size
+    num_layers, start = backbone.csn.num_layers, min(multi.starts.values())
+    img_size = ARCHS[args.arch][0]['img_size']
     torch.manual_seed(args.seed + 1)
-    images = torch.randn(args.batch_size, 3, *img_size, device=args.device)
-    tasks = [(multi.csns[str(i)], multi.heads[str(i)]) for i in range(k)]
+    images = torch.randn(args.batch_size, 3, img_size, img_size, device=args.device)
+    tasks = [(multi.csns[str(i)], multi.necks[str(i)] if str(i) in multi.necks else None,
+              multi.heads[str(i)]) for i in range(k)]
     own_csn = backbone.csn
 
     def separate():
         # K separate DTL classifiers: the same frozen backbone run once per task.
         outputs = []
-        for csn, head in tasks:
+        for csn, neck, head in tasks:
             backbone.csn = csn
-            outputs.append(head(backbone(images)))
+            feats = backbone(images)
+            outputs.append(head(neck(feats) if neck is not None else feats))
         backbone.csn = own_csn
         return outputs
 
@@ -199,7 +205,7 @@ def write_outputs(args, rows: list) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import mmdtl  # noqa: F401  (registers DTLViT, MultiTaskDTL)
+    import mmdtl  # noqa: F401  (registers DTLViT, DTLSwin, MultiTaskDTL)
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
