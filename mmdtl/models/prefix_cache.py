@@ -113,6 +113,12 @@ class PrefixFeatureCache:
     def __len__(self) -> int:
         return len(self._entries) if self.storage != 'disk' else len(self._disk_keys())
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the entries in host or device memory (0 on disk)."""
+        return sum(t.nbytes for entry in self._entries.values()
+                   for t in (entry['output'], *entry['taps'].values()))
+
     def fingerprint(self, backbone: torch.nn.Module) -> str:
         if self._fingerprint is None:
             from mmdtl.engine.task_checkpoint import backbone_fingerprint

@@ -43,6 +43,10 @@ def test_cached_steps_match_uncached(storage, tmp_path):
         for name in grads_a:
             torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
     assert (cache.misses, cache.hits, len(cache)) == (3, 3, 3)
+    # Per image: the inputs of the tapped blocks 0..M and block M's output,
+    # 17 tokens x 32 dims in fp32 each; nothing in memory for the disk store.
+    tensors = len([t for t in cached.csn.taps if t <= 2]) + 1
+    assert cache.nbytes == (0 if storage == 'disk' else 3 * tensors * 17 * 32 * 4)
     # A batch mixing cached and new images.
     mixed = torch.cat([images[:1], torch.randn(2, 3, 32, 32)])
     torch.testing.assert_close(step(plain, mixed)[0], step(cached, mixed)[0])

@@ -212,16 +212,12 @@ def cpu_tensor_peak_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimiz
     live = [*model.parameters(), *model.buffers(), *inputs]
     live += [v for state in optimizer.state.values() for v in state.values()
              if torch.is_tensor(v)]
-    extra = 0
+    held = 0  # stores outside the parameters
     for module in model.modules():
-        cache = getattr(module, 'prefix_cache', None)
-        if cache is not None and cache.storage != 'disk':
-            for entry in cache._entries.values():
-                live += [entry['output'], *entry['taps'].values()]
-        packs = getattr(module, 'frozen_linear_packs', None)
-        if packs is not None:
-            extra += packs.nbytes
-    return cpu_step_peak_bytes(train_step, live) + extra
+        for store in (getattr(module, 'prefix_cache', None),
+                      getattr(module, 'frozen_linear_packs', None)):
+            held += store.nbytes if store is not None else 0
+    return cpu_step_peak_bytes(train_step, live) + held
 
 
 def run_isolated(args, method: str) -> dict:
