@@ -8,6 +8,7 @@ from .checkpoint import (
     save_checkpoint_atomic,
 )
 from .memory import SavedTensorMeter, cpu_step_peak_bytes, saved_activation_bytes
+from .timing import median_seconds, synchronize
 
 # Importing mmdtl (which imports mmdtl.utils) makes mmengine resume its own
 # checkpoints with weights_only=True; see mmdtl/utils/checkpoint.py.
@@ -17,5 +18,5 @@ __all__ = [
     'SavedTensorMeter', 'saved_activation_bytes', 'cpu_step_peak_bytes', 'SAFE_GLOBAL_NAMES',
     'AtomicCheckpointHook',
     'UnsafeCheckpointError', 'load_from_local_safe', 'register_safe_globals', 'safe_torch_load',
-    'save_checkpoint_atomic'
+    'save_checkpoint_atomic', 'median_seconds', 'synchronize'
 ]

@@ -37,7 +37,6 @@ import csv
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -128,7 +127,7 @@ def profile(model: torch.nn.Module, backbone_params, args) -> dict:
     """Trainable parameters, activation bytes, peak memory, step time and
     inference throughput of ``model`` (images -> logits) on ``args``'s
     batch; ``backbone_params`` are the parameters counted as backbone."""
-    from mmdtl.utils import saved_activation_bytes
+    from mmdtl.utils import median_seconds, saved_activation_bytes, synchronize
 
     device = torch.device(args.device)
     model = model.to(device).train()
@@ -152,20 +151,8 @@ def profile(model: torch.nn.Module, backbone_params, args) -> dict:
         scaler.step(optimizer)
         scaler.update()
 
-    def sync():
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-
-    def median_seconds(fn):
-        times = []
-        for i in range(args.warmup + args.repeats):
-            sync()
-            tic = time.perf_counter()
-            fn()
-            sync()
-            if i >= args.warmup:
-                times.append(time.perf_counter() - tic)
-        return statistics.median(times)
+    def timed(fn) -> float:
+        return median_seconds(fn, device, args.warmup, args.repeats)
 
     result = dict()
     result['trainable_backbone'] = sum(p.numel() for p in backbone_params if p.requires_grad)
@@ -173,7 +160,7 @@ def profile(model: torch.nn.Module, backbone_params, args) -> dict:
     result['activation_mb'] = saved_activation_bytes(model, loss_fn) / 2**20
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
-    result['step_ms'] = 1000 * median_seconds(train_step)
+    result['step_ms'] = 1000 * timed(train_step)
     if device.type == 'cuda':
         result['peak_mb'] = result['tensor_peak_mb'] = torch.cuda.max_memory_allocated() / 2**20
         result['peak_kind'] = 'cuda max allocated'
@@ -189,16 +176,16 @@ def profile(model: torch.nn.Module, backbone_params, args) -> dict:
         epoch = [(torch.randn_like(images), torch.randint_like(labels, args.num_classes))
                  for _ in range(args.epoch_batches)]
         for name in ('epoch1_s', 'epoch2_s'):
-            sync()
+            synchronize(device)
             tic = time.perf_counter()
             for batch in epoch:
                 train_step(*batch)
-            sync()
+            synchronize(device)
             result[name] = time.perf_counter() - tic
 
     model.eval()
     with torch.no_grad(), torch.autocast(device.type, enabled=amp, dtype=amp_dtype):
-        result['infer_img_s'] = args.batch_size / median_seconds(lambda: model(images))
+        result['infer_img_s'] = args.batch_size / timed(lambda: model(images))
     return result
 
 

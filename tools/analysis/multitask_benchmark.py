@@ -27,10 +27,8 @@ import argparse
 import csv
 import os
 import os.path as osp
-import statistics
 import sys
 import tempfile
-import time
 
 import torch
 
@@ -115,19 +113,8 @@ def count_flops(fn) -> int:
 
 
 def median_ms(args, fn) -> float:
-    def sync():
-        if args.device.startswith('cuda'):
-            torch.cuda.synchronize()
-
-    times = []
-    for i in range(args.warmup + args.repeats):
-        sync()
-        tic = time.perf_counter()
-        fn()
-        sync()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - tic)
-    return 1000 * statistics.median(times)
+    from mmdtl.utils import median_seconds
+    return 1000 * median_seconds(fn, args.device, args.warmup, args.repeats)
 
 
 def measure(args, k: int, backbone_cfg: dict, backbone_file: str, files: list) -> dict:
