@@ -9,8 +9,6 @@ from mmpretrain.models.backbones import VisionTransformer
 from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
-from mmdtl.utils.trunk_keys import install_trunk_check
-
 from ..frozen_dtype import store_frozen_weights
 from ..frozen_linear import build_frozen_linear_packs, packed_linears
 from ..prefix_cache import build_prefix_cache, cache_applies, check_deterministic_prefix
@@ -62,14 +60,6 @@ class DTLViT(VisionTransformer):
             the CSN stay fp32): half the weight memory for AMP training,
             bit-identical under autocast in that dtype, an approximation in
             fp32 (see :mod:`mmdtl.models.frozen_dtype`). Defaults to None.
-        allow_random_trunk (bool): Allow training with a frozen trunk that
-            was never loaded from a checkpoint (no Pretrained init_cfg, no
-            ``load_from``, no resume), e.g. a random-trunk control. By
-            default ``TrunkCheckHook`` refuses it. Defaults to False.
-        allow_partial_trunk (bool): Load checkpoints that lack trunk
-            tensors or have other shapes with a warning instead of a
-            :class:`TrunkMismatchError` (see
-            :mod:`mmdtl.utils.trunk_keys`). For experts. Defaults to False.
         out_type (str): See :class:`VisionTransformer`.
             Defaults to ``'avg_featmap'``.
         final_norm (bool): See :class:`VisionTransformer`. Defaults to False.
@@ -83,8 +73,6 @@ class DTLViT(VisionTransformer):
                  checkpoint_suffix: bool = False,
                  prefix_cache: Optional[dict] = None,
                  pack_frozen_weights: bool = False,
-                 allow_random_trunk: bool = False,
-                 allow_partial_trunk: bool = False,
                  frozen_weights_dtype: Optional[str] = None,
                  out_type: str = 'avg_featmap',
                  final_norm: bool = False,
@@ -102,8 +90,6 @@ class DTLViT(VisionTransformer):
                 f'{sorted(set(self.csn.embed_dims))}, but the backbone has '
                 f'{self.num_layers} blocks of {self.embed_dims} dims')
         self._register_load_state_dict_pre_hook(self._final_norm_into_ln2)
-        # After the parent's hooks (pos-embed resize) and the ln1 -> ln2 rename.
-        install_trunk_check(self, allow_random_trunk, allow_partial_trunk)
         self.frozen_linear_packs = build_frozen_linear_packs(pack_frozen_weights, 'DTLViT')
         self.prefix_cache = build_prefix_cache(self, prefix_cache)
         self.frozen_weights_dtype = store_frozen_weights(self, frozen_weights_dtype, 'DTLViT')
@@ -143,11 +129,17 @@ class DTLViT(VisionTransformer):
         params += [p for p in (self.cls_token, self.pos_embed) if p is not None]
         return not any(p.requires_grad for p in params)
 
+    def _check_input(self, x: torch.Tensor) -> None:
+        patch = self.patch_embed.projection.stride
+        height, width = x.shape[-2:]
+        if height % patch[0] or width % patch[1]:
+            raise ValueError(
+                f'DTLViT: input size {height}x{width} is not divisible by the '
+                f'patch size {patch[0]}x{patch[1]}; resize or pad the images '
+                f'(e.g. the Resize scale in the data pipeline)')
+
     def _embed(self, images: torch.Tensor) -> Tuple[torch.Tensor, tuple]:
-        """Patch embedding, cls token, position embedding (any grid). An
-        input whose size is not a multiple of the patch size is padded at
-        the bottom/right by the parent's ``PatchEmbed`` (``padding='corner'``),
-        so the grid, and the side network's DWConv, cover the padded image."""
+        """Patch embedding, cls token, position embedding (any grid)."""
         x, grid = self.patch_embed(images)
         if self.cls_token is not None:
             x = torch.cat((self.cls_token.expand(len(images), -1, -1), x), dim=1)
@@ -178,6 +170,7 @@ class DTLViT(VisionTransformer):
             return layer(x)
 
     def _forward(self, x: torch.Tensor) -> tuple:
+        self._check_input(x)
         grad_enabled = torch.is_grad_enabled()
         no_grad_prefix = self._frozen_prefix()
         if cache_applies(self.prefix_cache, self.training, no_grad_prefix):
