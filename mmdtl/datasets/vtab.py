@@ -1,4 +1,5 @@
 """VTAB-1k in the layout of the common release (used by NOAH, DTL, ...)."""
+import codecs
 import os
 import os.path as osp
 import re
@@ -216,12 +217,22 @@ def read_split_file(ann_file: str,
         problems.append(f'{owner}: {msg}')
 
     entries = []
-    with open(ann_file, encoding='utf-8') as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
+    # Decoded line by line, so a file that is not UTF-8 is reported with the
+    # line at fault instead of a bare UnicodeDecodeError with a byte offset.
+    with open(ann_file, 'rb') as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f'{ann_file}, line {lineno}'
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]  # some Windows editors prepend one
+            try:
+                line = raw.decode('utf-8').strip()
+            except UnicodeDecodeError as e:
+                problem(ValueError, f'{where} is not UTF-8 (byte {raw[e.start]:#04x} at '
+                        f'column {e.start + 1}: {raw.strip()!r}); save the split file as '
+                        f'UTF-8, e.g. iconv -f latin1 -t utf-8 OLD > NEW.')
+                continue
             if not line:
                 continue
-            where = f'{ann_file}, line {lineno}'
             parts = line.rsplit(maxsplit=1)
             if len(parts) != 2:
                 problem(ValueError, f'malformed line in {where}: {line!r}; '

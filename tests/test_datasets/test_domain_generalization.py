@@ -1,6 +1,7 @@
 """DomainGeneralization on a generated DG tree, and the masked 200-class metric."""
 import os
 import os.path as osp
+import re
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,19 @@ def test_errors(dg_root, tmp_path):
     with pytest.raises(ValueError, match=r'label 1000 in .*imagenet-rendition/annotations/'
                        r'val_meta\.list, line 3 is outside \[0, 1000\)'):
         DomainGeneralization(bad, 'imagenet-r')
+
+
+def test_split_file_not_utf8_names_file_and_line(tmp_path):
+    root = make_dg_tree(str(tmp_path), classes={'imagenet': (0, ), 'imagenet-sketch': (5, )},
+                        seeds=(0, ))
+    ann = osp.join(root, 'imagenet-sketch', 'annotations', 'val_meta.list')
+    with open(ann, 'rb') as f:
+        lines = f.read().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'x_1', 'x_é'.encode('cp1252'))
+    with open(ann, 'wb') as f:
+        f.writelines(lines)
+    with pytest.raises(ValueError, match=f'{re.escape(ann)}, line 2 is not UTF-8'):
+        DomainGeneralization(root, 'imagenet-sketch', **FAST)
 
 
 def test_test_pipeline_keeps_domain(dg_root):

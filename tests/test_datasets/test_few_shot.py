@@ -127,6 +127,16 @@ def test_bad_lines_name_file_and_line(tmp_path, line, error, message):
         FewShotFGVC(str(tmp_path), 'toy', split='val', num_classes=3)
 
 
+def test_split_file_not_utf8_names_file_and_line(tmp_path):
+    ann_dir = make_few_shot_tree(str(tmp_path), name='toy', num_classes=3, shots=(1, ))
+    ann = osp.join(ann_dir, 'train_meta.list.num_shot_1.seed_0')
+    with open(ann, 'ab') as f:
+        f.write(b'\xff\xfe0\x000\x00 1\n')  # a UTF-16 line appended by hand
+    with pytest.raises(ValueError, match=f'{re.escape(ann)}, line 4 is not UTF-8 '
+                       r'\(byte 0xff at column 1'):
+        FewShotFGVC(str(tmp_path), 'toy', shot=1, num_classes=3, **FAST)
+
+
 def test_paths_with_spaces(tmp_path):
     ann_dir = make_few_shot_tree(str(tmp_path), name='toy', num_classes=3, shots=(1, ))
     os.replace(osp.join(tmp_path, 'toy', '001_val.png'), osp.join(tmp_path, 'toy', 'a b.png'))

@@ -122,6 +122,32 @@ def test_bad_lines(cifar_root, content, lineno, what):
         VTAB1k(cifar_root, 'cifar', split='test')
 
 
+def test_split_file_not_utf8_names_file_and_line(cifar_root):
+    ann = osp.join(cifar_root, 'cifar', 'test.txt')
+    with open(ann, 'wb') as f:  # a Latin-1 file name on line 2
+        f.write(b'images/test/000000.png 1\nimages/test/caf\xe9.png 2\n')
+    with pytest.raises(ValueError, match=f'{re.escape(ann)}, line 2 is not UTF-8 '
+                       r'\(byte 0xe9 at column 16: .*save the split file as UTF-8'):
+        VTAB1k(cifar_root, 'cifar', split='test', **FAST)
+    # tools/check_data.py collects it with the other problems instead.
+    from mmdtl.datasets.vtab import read_split_file
+    problems = []
+    read_split_file(ann, osp.dirname(ann), 100, 'VTAB1k', problems=problems)
+    assert len(problems) == 1 and f'{ann}, line 2 is not UTF-8' in problems[0]
+
+
+def test_split_file_with_utf8_bom(cifar_root):
+    ann = osp.join(cifar_root, 'cifar', 'test.txt')
+    plain = VTAB1k(cifar_root, 'cifar', split='test', **FAST)
+    with open(ann, 'rb') as f:
+        content = f.read()
+    with open(ann, 'wb') as f:
+        f.write(b'\xef\xbb\xbf' + content)
+    with_bom = VTAB1k(cifar_root, 'cifar', split='test', **FAST)
+    assert [with_bom.get_data_info(i)['img_path'] for i in range(len(with_bom))] == \
+        [plain.get_data_info(i)['img_path'] for i in range(len(plain))]
+
+
 def test_lazy_init_defers_reading(tmp_path):
     # Metainfo is available without the data (e.g. for visualization).
     ds = VTAB1k(str(tmp_path), 'dtd', lazy_init=True)
