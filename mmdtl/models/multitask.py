@@ -250,7 +250,6 @@ class MultiTaskDTL(BaseModel):
 
     def _vit_features(self, inputs: torch.Tensor) -> Dict[str, Tuple[torch.Tensor, ...]]:
         bb = self.backbone
-        bb._check_input(inputs)
         num_layers = len(bb.layers)
         csns = [self.csns[str(i)] for i in range(len(self.task_names))]
         starts = [csn.start for csn in csns]

@@ -129,17 +129,11 @@ class DTLViT(VisionTransformer):
         params += [p for p in (self.cls_token, self.pos_embed) if p is not None]
         return not any(p.requires_grad for p in params)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        patch = self.patch_embed.projection.stride
-        height, width = x.shape[-2:]
-        if height % patch[0] or width % patch[1]:
-            raise ValueError(
-                f'DTLViT: input size {height}x{width} is not divisible by the '
-                f'patch size {patch[0]}x{patch[1]}; resize or pad the images '
-                f'(e.g. the Resize scale in the data pipeline)')
-
     def _embed(self, images: torch.Tensor) -> Tuple[torch.Tensor, tuple]:
-        """Patch embedding, cls token, position embedding (any grid)."""
+        """Patch embedding, cls token, position embedding (any grid). An
+        input whose size is not a multiple of the patch size is padded at
+        the bottom/right by the parent's ``PatchEmbed`` (``padding='corner'``),
+        so the grid, and the side network's DWConv, cover the padded image."""
         x, grid = self.patch_embed(images)
         if self.cls_token is not None:
             x = torch.cat((self.cls_token.expand(len(images), -1, -1), x), dim=1)
@@ -170,7 +164,6 @@ class DTLViT(VisionTransformer):
             return layer(x)
 
     def _forward(self, x: torch.Tensor) -> tuple:
-        self._check_input(x)
         grad_enabled = torch.is_grad_enabled()
         no_grad_prefix = self._frozen_prefix()
         if cache_applies(self.prefix_cache, self.training, no_grad_prefix):
