@@ -23,7 +23,13 @@ from mmdtl.utils import register_safe_globals
 # isort: split
 # Config/launch helpers shared with the training tool (tools/ is sys.path[0]
 # when this file runs as a script).
-from train import CfgOptionsAction, _amp_capable, load_config, setup_cpu_distributed
+from train import (
+    CHECKPOINT_ERRORS,
+    CfgOptionsAction,
+    _amp_capable,
+    load_config,
+    setup_cpu_distributed,
+)
 
 
 def parse_args():
@@ -114,7 +120,10 @@ def main():
     if args.out is not None:
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
 
-    metrics = runner.test()
+    try:
+        metrics = runner.test()
+    except CHECKPOINT_ERRORS as e:
+        raise SystemExit(f'{type(e).__name__}: {e}') from None
 
     if is_main_process():
         print(f'Test metrics of {args.checkpoint}:')

@@ -21,7 +21,19 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmdtl  # noqa: F401  (registers DTL models, datasets, hooks)
-from mmdtl.utils import register_safe_globals
+from mmdtl.engine.hooks import TrunkCheckHook
+from mmdtl.utils import (
+    TrunkMismatchError,
+    TrunkNotLoadedError,
+    UnreadableCheckpointError,
+    UnsafeCheckpointError,
+    register_safe_globals,
+)
+
+# Weights that do not fit the frozen trunk, a trunk never loaded, a refused or
+# unreadable checkpoint: the message says it all, no traceback.
+CHECKPOINT_ERRORS = (TrunkMismatchError, TrunkNotLoadedError, UnreadableCheckpointError,
+                     UnsafeCheckpointError)
 
 
 class CfgOptionsAction(DictAction):
@@ -245,7 +257,12 @@ def main():
         runner = RUNNERS.build(cfg)
     for note in notes:  # logged once the runner's log file exists
         runner.logger.warning(note)
-    runner.train()
+    if not any(isinstance(hook, TrunkCheckHook) for hook in runner.hooks):
+        runner.register_hook(TrunkCheckHook())  # configs not based on ours (mmdet)
+    try:
+        runner.train()
+    except CHECKPOINT_ERRORS as e:
+        raise SystemExit(f'{type(e).__name__}: {e}') from None
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.destroy_process_group()
 

@@ -10,6 +10,8 @@ default_hooks = dict(
     checkpoint=dict(type='AtomicCheckpointHook', interval=10, max_keep_ckpts=2),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='VisualizationHook', enable=False),
+    # Refuse training a frozen trunk no checkpoint was loaded into.
+    trunk_check=dict(type='TrunkCheckHook'),
 )
 
 env_cfg = dict(

@@ -17,7 +17,8 @@ model = dict(
         patch_size=4,
         drop_path_rate=0.,
         csn=dict(rank=2, taps=list(range(6)), start=3, dwconv_kernel=3),
-        init_cfg=None),
+        init_cfg=None,
+        allow_random_trunk=True),  # deliberate: no pre-trained weights here
     head=dict(num_classes=10, in_channels=64))
 
 pipeline = [

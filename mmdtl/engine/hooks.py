@@ -9,9 +9,36 @@ from typing import Any, Optional
 from mmengine.dist import master_only
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.model import is_model_wrapper
+from mmengine.registry import HOOKS as ROOT_HOOKS
 from mmpretrain.registry import HOOKS
 
+from mmdtl.utils.trunk_keys import check_trunks_loaded
+
 from .task_checkpoint import check_frozen_backbone, save_task_checkpoint
+
+
+@ROOT_HOOKS.register_module()
+class TrunkCheckHook(Hook):
+    """Refuse to train a frozen DTL trunk that was never loaded.
+
+    A DTL backbone's trunk never changes, so training it from its random
+    initialisation silently gives a useless model. When training starts
+    (after ``init_cfg``, ``load_from`` and resuming have run) this hook
+    raises :class:`~mmdtl.utils.TrunkNotLoadedError` for every frozen DTL
+    backbone that no checkpoint was loaded into, unless the backbone was
+    built with ``allow_random_trunk=True``. (Checkpoints that do not fit the
+    trunk are refused by the backbone itself, whatever loads them.)
+
+    ``configs/_base_/default_runtime.py`` registers it as
+    ``default_hooks.trunk_check``, and ``tools/train.py`` adds it to configs
+    that lack it (e.g. mmdet configs). Registered in mmengine's root
+    ``HOOKS`` so configs of any scope can use it.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def before_train(self, runner) -> None:
+        check_trunks_loaded(runner.model)
 
 
 @HOOKS.register_module()

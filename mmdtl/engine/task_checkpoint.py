@@ -395,13 +395,15 @@ def load_backbone_weights(backbone: nn.Module, checkpoint: str,
     """
     state = _backbone_state(safe_torch_load(checkpoint, map_location='cpu'))
     state = {k: v for k, v in state.items() if not k.startswith(tuple(ignore))}
+    # A DTL backbone checks its trunk itself (TrunkMismatchError naming the
+    # file, the keys and what to do); the checks below cover other modules.
     try:
         result = backbone.load_state_dict(copy.copy(state), strict=False)
     except RuntimeError as e:  # shape mismatches raise even with strict=False
         raise ValueError(f'Backbone checkpoint {checkpoint} does not fit the backbone: '
                          f'{e}') from None
     missing = [k for k in result.missing_keys if not k.startswith(tuple(ignore))]
-    if missing:
+    if missing and not getattr(backbone, 'allow_partial_trunk', False):
         raise ValueError(f'Backbone checkpoint {checkpoint} lacks {len(missing)} backbone '
                          f'tensors, e.g. {missing[:5]}; is it a checkpoint of this arch?')
     return list(result.unexpected_keys)

@@ -11,7 +11,11 @@ Loading
     globals (found by saving real checkpoints with the Runner and listing what
     the weights-only unpickler rejects) and routes mmengine's local-file
     loading through :func:`safe_torch_load`, which names the file and the
-    offending global when it refuses a checkpoint.
+    offending global when it refuses a checkpoint (zip and legacy formats),
+    and names the file in one line when it is empty, truncated or not a
+    torch checkpoint at all (:class:`UnreadableCheckpointError`). Every file
+    it reads is remembered (weakly) so that a frozen backbone that refuses
+    the weights can name the file (:mod:`mmdtl.utils.trunk_keys`).
 
 Saving
     mmengine writes a checkpoint (and ``last_checkpoint``) in place, and its
@@ -27,8 +31,10 @@ import functools
 import os
 import os.path as osp
 import pickle
+import pickletools
 import re
 import uuid
+import zipfile
 from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
@@ -40,8 +46,11 @@ from mmengine.logging import HistoryBuffer
 from mmengine.registry import HOOKS
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from .trunk_keys import remember_checkpoint
+
 __all__ = [
-    'SAFE_GLOBAL_NAMES', 'UnsafeCheckpointError', 'register_safe_globals', 'safe_torch_load',
+    'SAFE_GLOBAL_NAMES', 'UnsafeCheckpointError', 'UnreadableCheckpointError',
+    'register_safe_globals', 'safe_torch_load', 'unreadable_checkpoint',
     'load_from_local_safe', 'save_checkpoint_atomic', 'AtomicCheckpointHook'
 ]
 
@@ -65,6 +74,10 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     Subclasses :class:`pickle.UnpicklingError` so code that already handles
     torch's weights-only failures keeps working.
     """
+
+
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint file is empty, truncated or not a torch checkpoint."""
 
 
 def _history_buffer_getattr(obj: Any, name: str) -> Any:
@@ -160,14 +173,48 @@ def register_safe_globals() -> None:
     _registered = True
 
 
-def _offending_globals(reason: str, file: Any) -> List[str]:
+def _legacy_pickle_globals(file: Any) -> List[str]:
+    """Globals named by the pickles of a legacy (non-zip) ``torch.save`` file.
+
+    That format is a few pickles back to back (magic number, protocol, system
+    info, the object, the storage keys) followed by raw storage bytes; they
+    are disassembled, never executed, until the first that does not parse.
+    """
+    names: List[str] = []
+    try:
+        with open(file, 'rb') as f:
+            for _ in range(5):
+                strings: List[str] = []
+                memo: Dict[Any, Any] = {}
+                for opcode, arg, _pos in pickletools.genops(f):
+                    if opcode.name == 'GLOBAL':
+                        names.append(arg.replace(' ', '.'))
+                    elif opcode.name == 'STACK_GLOBAL' and len(strings) >= 2:
+                        names.append(f'{strings[-2]}.{strings[-1]}')
+                    elif isinstance(arg, str) and 'UNICODE' in opcode.name:
+                        strings.append(arg)
+                    elif opcode.name in ('BINPUT', 'LONG_BINPUT', 'MEMOIZE') and strings:
+                        memo[arg if arg is not None else len(memo)] = strings[-1]
+                    elif opcode.name in ('BINGET', 'LONG_BINGET') and arg in memo:
+                        strings.append(memo[arg])
+    except Exception:  # the raw storage bytes after the last pickle
+        pass
+    try:
+        from torch import _weights_only_unpickler as wou
+        safe = set(wou._get_allowed_globals()) | set(wou._get_user_allowed_globals())
+    except Exception:  # private torch API: report every non-torch global
+        safe = {n for n in names if n.startswith(('torch.', 'collections.OrderedDict'))}
+    return [n for n in names if n not in safe]
+
+
+def _offending_globals(text: str, file: Any) -> List[str]:
     """The disallowed globals, from torch's message or the file's pickle."""
-    names = re.findall(r'GLOBAL ([\w.]+)', reason)
+    names = re.findall(r'GLOBAL ([\w.]+)', text)
     if not names and isinstance(file, (str, os.PathLike)):
         try:
             names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(file))
-        except Exception:  # legacy (non-zip) format: keep torch's reason only
-            names = []
+        except Exception:  # legacy (non-zip) format
+            names = _legacy_pickle_globals(file)
     return list(dict.fromkeys(names))
 
 
@@ -176,7 +223,7 @@ def _refusal(file: Any, error: BaseException) -> UnsafeCheckpointError:
     text = str(error)
     # torch's message also suggests weights_only=False; keep only its reason.
     reason = text.split('WeightsUnpickler error:', 1)[-1].strip().splitlines()[0]
-    names = _offending_globals(reason, file)
+    names = _offending_globals(text, file)
     what = (f'the pickled global(s) {", ".join(names)}, not on the allow-list'
             if names else f'a pickle construct weights-only loading forbids ({reason})')
     return UnsafeCheckpointError(
@@ -185,6 +232,39 @@ def _refusal(file: Any, error: BaseException) -> UnsafeCheckpointError:
         'and the mmengine/numpy types in mmdtl.utils.checkpoint.SAFE_GLOBAL_NAMES. If you '
         'trust the file and the global is plain data, allow it explicitly with '
         'torch.serialization.add_safe_globals().')
+
+
+# What torch raises for a file that is cut short or not a checkpoint at all.
+_UNREADABLE = re.compile(r'PytorchStreamReader|inline_container|unexpected EOF|corrupt|'
+                         r'magic number|zip archive|central directory')
+
+
+def _is_unreadable(error: BaseException) -> bool:
+    if isinstance(error, (EOFError, KeyError, UnicodeDecodeError)):
+        return True
+    if isinstance(error, pickle.UnpicklingError):
+        # invalid load key, truncated data: not a refused global
+        return not re.search(r'GLOBAL|[Gg]lobal|Unsupported|allowlist', str(error))
+    return isinstance(error, RuntimeError) and bool(_UNREADABLE.search(str(error)))
+
+
+def unreadable_checkpoint(file: Any, error: BaseException) -> UnreadableCheckpointError:
+    """The one-line error for an empty, truncated or foreign checkpoint file."""
+    size = osp.getsize(file) if isinstance(file, (str, os.PathLike)) and osp.isfile(file) \
+        else None
+    if size == 0:
+        what = 'the file is empty (0 bytes)'
+    elif size is not None and zipfile.is_zipfile(file) and any(
+            name.endswith('.npy') for name in zipfile.ZipFile(file).namelist()):
+        what = ('it is a NumPy .npz archive, not a torch checkpoint (Google\'s ViT '
+                'weights?): convert it with tools/model_converters/vit_npz_to_mmpretrain.py')
+    else:
+        reason = (str(error).strip().splitlines() or [''])[0][:160]
+        reason = f'{type(error).__name__}: {reason}' if reason else type(error).__name__
+        bytes_text = f'{size:,} bytes, ' if size is not None else ''
+        what = (f'it is truncated or not a torch checkpoint ({bytes_text}{reason}); '
+                're-download or re-save it')
+    return UnreadableCheckpointError(f'Cannot read checkpoint {file}: {what}.')
 
 
 def safe_torch_load(file: Any,
@@ -201,13 +281,22 @@ def safe_torch_load(file: Any,
     Raises:
         UnsafeCheckpointError: The checkpoint needs a global that is not on
             the allow-list; the message names the file and the global.
+        UnreadableCheckpointError: The file is empty, truncated or not a
+            torch checkpoint; one line naming the file.
     """
     register_safe_globals()
     try:
         # Explicit True: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot override it.
-        return torch.load(file, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise _refusal(source or file, e) from None
+        obj = torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as e:
+        if _is_unreadable(e):
+            raise unreadable_checkpoint(source or file, e) from None
+        if isinstance(e, pickle.UnpicklingError):
+            raise _refusal(source or file, e) from None
+        raise
+    if source is not None or isinstance(file, (str, os.PathLike)):
+        remember_checkpoint(obj, str(source or file))
+    return obj
 
 
 def load_from_local_safe(filename: str, map_location: Any = None) -> Any:
@@ -237,11 +326,17 @@ def _with_clear_refusal(loader: Callable) -> Callable:
     @functools.wraps(loader)  # keeps __name__: mmengine logs it
     def wrapped(filename, map_location=None, *args, **kwargs):
         try:
-            return loader(filename, map_location, *args, **kwargs)
-        except UnsafeCheckpointError:
+            obj = loader(filename, map_location, *args, **kwargs)
+        except (UnsafeCheckpointError, UnreadableCheckpointError):
             raise
-        except pickle.UnpicklingError as e:
-            raise _refusal(filename, e) from None
+        except Exception as e:
+            if _is_unreadable(e):
+                raise unreadable_checkpoint(filename, e) from None
+            if isinstance(e, pickle.UnpicklingError):
+                raise _refusal(filename, e) from None
+            raise
+        remember_checkpoint(obj, filename)
+        return obj
 
     wrapped._mmdtl_safe = True  # type: ignore[attr-defined]
     return wrapped

@@ -31,7 +31,8 @@ def tiny_options():
     """Shrink the released ViT-B recipe to a CPU smoke run: DeiT-tiny on 32x32, 1 epoch."""
     opts = [
         'model.backbone.arch=deit-tiny', 'model.backbone.img_size=32',
-        'model.backbone.init_cfg=None', 'model.head.in_channels=192', 'train_cfg.max_epochs=1',
+        'model.backbone.init_cfg=None', 'model.backbone.allow_random_trunk=True',
+        'model.head.in_channels=192', 'train_cfg.max_epochs=1',
         'optim_wrapper.type=OptimWrapper'
     ]
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):

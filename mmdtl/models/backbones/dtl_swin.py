@@ -9,6 +9,8 @@ from mmpretrain.models.backbones import SwinTransformer
 from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
+from mmdtl.utils.trunk_keys import install_trunk_check
+
 from ..frozen_dtype import store_frozen_weights
 from ..frozen_linear import build_frozen_linear_packs, packed_linears
 from ..prefix_cache import build_prefix_cache, cache_applies, check_deterministic_prefix
@@ -55,6 +57,10 @@ class DTLSwin(SwinTransformer):
             stages that end at ``M`` or later. Defaults to None (no cache).
         pack_frozen_weights (bool): On CPU, run the frozen linears on
             oneDNN-packed weights (see :class:`DTLViT`). Defaults to False.
+        allow_random_trunk (bool): Allow training with a frozen trunk never
+            loaded from a checkpoint (see :class:`DTLViT`). Defaults to False.
+        allow_partial_trunk (bool): Warn instead of raising when a checkpoint
+            does not fit the trunk (see :class:`DTLViT`). Defaults to False.
         frozen_weights_dtype (str, optional): Store the frozen Linear/Conv
             weights as ``'bfloat16'`` or ``'float16'`` (see
             :class:`DTLViT`). Defaults to None (fp32).
@@ -68,6 +74,8 @@ class DTLSwin(SwinTransformer):
                  checkpoint_suffix: bool = False,
                  prefix_cache: Optional[dict] = None,
                  pack_frozen_weights: bool = False,
+                 allow_random_trunk: bool = False,
+                 allow_partial_trunk: bool = False,
                  frozen_weights_dtype: Optional[str] = None,
                  **kwargs):
         super().__init__(*args, **kwargs)
@@ -89,6 +97,8 @@ class DTLSwin(SwinTransformer):
                 f'backbone (depths {list(self.depths)}) has blocks of dims {block_dims} '
                 f'in stages {block_stages}')
         self.prefix_cache = build_prefix_cache(self, prefix_cache)
+        # After the parent's hooks (pos-embed and relative-position resize).
+        install_trunk_check(self, allow_random_trunk, allow_partial_trunk)
         self.frozen_weights_dtype = store_frozen_weights(self, frozen_weights_dtype, 'DTLSwin')
 
     def csn_defaults(self) -> dict:

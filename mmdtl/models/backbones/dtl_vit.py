@@ -9,6 +9,8 @@ from mmpretrain.models.backbones import VisionTransformer
 from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
+from mmdtl.utils.trunk_keys import install_trunk_check
+
 from ..frozen_dtype import store_frozen_weights
 from ..frozen_linear import build_frozen_linear_packs, packed_linears
 from ..prefix_cache import build_prefix_cache, cache_applies, check_deterministic_prefix
@@ -60,6 +62,14 @@ class DTLViT(VisionTransformer):
             the CSN stay fp32): half the weight memory for AMP training,
             bit-identical under autocast in that dtype, an approximation in
             fp32 (see :mod:`mmdtl.models.frozen_dtype`). Defaults to None.
+        allow_random_trunk (bool): Allow training with a frozen trunk that
+            was never loaded from a checkpoint (no Pretrained init_cfg, no
+            ``load_from``, no resume), e.g. a random-trunk control. By
+            default ``TrunkCheckHook`` refuses it. Defaults to False.
+        allow_partial_trunk (bool): Load checkpoints that lack trunk
+            tensors or have other shapes with a warning instead of a
+            :class:`TrunkMismatchError` (see
+            :mod:`mmdtl.utils.trunk_keys`). For experts. Defaults to False.
         out_type (str): See :class:`VisionTransformer`.
             Defaults to ``'avg_featmap'``.
         final_norm (bool): See :class:`VisionTransformer`. Defaults to False.
@@ -73,6 +83,8 @@ class DTLViT(VisionTransformer):
                  checkpoint_suffix: bool = False,
                  prefix_cache: Optional[dict] = None,
                  pack_frozen_weights: bool = False,
+                 allow_random_trunk: bool = False,
+                 allow_partial_trunk: bool = False,
                  frozen_weights_dtype: Optional[str] = None,
                  out_type: str = 'avg_featmap',
                  final_norm: bool = False,
@@ -90,6 +102,8 @@ class DTLViT(VisionTransformer):
                 f'{sorted(set(self.csn.embed_dims))}, but the backbone has '
                 f'{self.num_layers} blocks of {self.embed_dims} dims')
         self._register_load_state_dict_pre_hook(self._final_norm_into_ln2)
+        # After the parent's hooks (pos-embed resize) and the ln1 -> ln2 rename.
+        install_trunk_check(self, allow_random_trunk, allow_partial_trunk)
         self.frozen_linear_packs = build_frozen_linear_packs(pack_frozen_weights, 'DTLViT')
         self.prefix_cache = build_prefix_cache(self, prefix_cache)
         self.frozen_weights_dtype = store_frozen_weights(self, frozen_weights_dtype, 'DTLViT')

@@ -1,0 +1,282 @@
+"""Weights that do not fit a frozen trunk are errors, not warnings.
+
+DTL never changes its backbone outside the side network (the *trunk*). A
+checkpoint that leaves trunk tensors at their random initialisation (another
+key layout: a timm or Google checkpoint, a task file, the wrong prefix) or
+brings tensors of another shape (another arch or width) gives a model that
+trains and evaluates without complaint, and is worthless. mmengine only warns
+about such loads.
+
+Every DTL backbone therefore checks what is loaded into it, whatever the
+source (``init_cfg=dict(type='Pretrained')``, ``load_from``,
+``tools/test.py CKPT``, ``--resume``, :func:`load_backbone_weights`): a
+``load_state_dict`` pre-hook (see :func:`install_trunk_check`) compares the
+incoming trunk keys and shapes with the backbone's, after the parent's own
+pre-hooks (position-embedding and relative-position-table resizing, the
+final-norm rename), and raises :class:`TrunkMismatchError` naming the file,
+the number of missing and mismatched tensors, a few of them and what to do.
+Keys that legitimately differ are not trunk keys: the side network
+(``csn.*``), the head and neck (outside the backbone), buffers recomputed at
+build time (``relative_position_index``), unexpected extra keys.
+
+The file is found through the loaded tensors themselves:
+:func:`remember_checkpoint` (called by mmdtl's weights-only loader for every
+checkpoint it reads) keeps weak references to them, so a pre-hook can tell
+which file the tensors it receives came from without any global "current
+file" state.
+
+A backbone records where its trunk came from in ``trunk_source``;
+:func:`check_trunks_loaded` (run by ``TrunkCheckHook`` when training starts)
+refuses to train a frozen trunk that was never loaded, unless the backbone
+was built with ``allow_random_trunk=True``.
+"""
+import re
+import weakref
+from collections import deque
+from collections.abc import Mapping
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from mmengine.logging import print_log
+
+__all__ = [
+    'TrunkMismatchError', 'TrunkNotLoadedError', 'install_trunk_check', 'remember_checkpoint',
+    'check_trunk_state', 'check_trunks_loaded', 'trunk_shapes'
+]
+
+# Buffers a backbone recomputes from its config; a checkpoint need not hold them
+# (Swin's relative-position-table resize even deletes them).
+_DERIVED_BUFFERS = ('relative_position_index', )
+_EXAMPLES = 3
+
+
+class TrunkMismatchError(ValueError):
+    """A checkpoint lacks trunk tensors of a frozen backbone or has other shapes."""
+
+
+class TrunkNotLoadedError(RuntimeError):
+    """Training would start on a frozen trunk that was never loaded."""
+
+
+# ---------------------------------------------------------------------------
+# Which file loaded tensors came from
+# ---------------------------------------------------------------------------
+
+
+class _Source:
+    """A loaded checkpoint: its file, its keys and weak references to its tensors."""
+
+    def __init__(self, filename: str, state: Mapping, kind: str):
+        self.filename = filename
+        self.kind = kind
+        self.keys = [k for k in state if isinstance(k, str)]
+        self.refs = {id(v): weakref.ref(v) for v in state.values() if torch.is_tensor(v)}
+
+    def holds(self, tensor: torch.Tensor) -> bool:
+        ref = self.refs.get(id(tensor))
+        return ref is not None and ref() is tensor
+
+    def alive(self) -> bool:
+        return any(ref() is not None for ref in self.refs.values())
+
+
+_SOURCES: deque = deque(maxlen=8)
+
+
+def _unwrap_checkpoint(obj: Any) -> Tuple[Mapping, str]:
+    """The state dict of a loaded checkpoint and what kind of file it is."""
+    if not isinstance(obj, Mapping):
+        return {}, 'other'
+    if obj.get('format') == 'mmdtl-task':
+        return obj, 'task'
+    for key in ('state_dict', 'model', 'module'):
+        if isinstance(obj.get(key), Mapping):
+            return obj[key], 'wrapped'
+    return obj, 'plain'
+
+
+def remember_checkpoint(obj: Any, filename: str) -> None:
+    """Note that the tensors of ``obj`` (a loaded checkpoint) come from ``filename``.
+
+    Only weak references are kept, so nothing is held in memory.
+    """
+    state, kind = _unwrap_checkpoint(obj)
+    _SOURCES.appendleft(_Source(str(filename), state, kind))
+
+
+def _find_source(state: Mapping) -> Optional[_Source]:
+    tensors = [v for v in state.values() if torch.is_tensor(v)]
+    for tensor in tensors:
+        for source in _SOURCES:
+            if source.holds(tensor):
+                return source
+    if not tensors:
+        # Nothing of the trunk arrived (another key layout): the checkpoint
+        # being loaded is the newest one still in memory.
+        return next((s for s in _SOURCES if s.alive()), None)
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The check
+# ---------------------------------------------------------------------------
+
+
+def trunk_shapes(backbone: nn.Module) -> Dict[str, torch.Size]:
+    """State-dict entries of the frozen trunk (everything outside ``csn``)
+    that a checkpoint must provide, with their shapes."""
+    return {
+        k: v.shape
+        for k, v in backbone.state_dict().items()
+        if not k.startswith('csn.') and not k.endswith(_DERIVED_BUFFERS)
+    }
+
+
+def _examples(items: List[str]) -> str:
+    more = ', ...' if len(items) > _EXAMPLES else ''
+    return ', '.join(items[:_EXAMPLES]) + more
+
+
+def _layout_hint(keys: Iterable[str], kind: str, prefix: str, missing: List[str],
+                 mismatched: List[str]) -> str:
+    """What the checkpoint looks like and how to make it fit."""
+    keys = set(keys)
+
+    def has(pattern: str) -> bool:
+        return any(re.match(pattern, k) for k in keys)
+
+    converters = 'tools/model_converters/'
+    if kind == 'task':
+        return ('It is an mmdtl task file (side network and head only): load it with '
+                'mmdtl.engine.load_task_checkpoint, MultiTaskDTL or tools/multitask_infer.py '
+                'on a model whose backbone comes from the pre-trained checkpoint.')
+    if has(r'(.*/)?(Transformer/encoderblock|embedding/kernel)'):
+        return ('It looks like Google\'s ViT (.npz) layout: convert it with '
+                f'{converters}vit_npz_to_mmpretrain.py.')
+    if has(r'(module\.)?lora_dict\.\d+\.lora_[AB]'):
+        return ('It looks like a checkpoint of the released DTL code (timm keys, lora_dict): '
+                f'convert it with {converters}official_dtl_to_mmdtl.py.')
+    if has(r'(module\.)?layers[._]\d+\.blocks\.\d+\.'):
+        return ('It looks like a Swin checkpoint of the official code or timm (layers.N.blocks'
+                f'.M.*): convert it with {converters}swin_to_mmpretrain.py.')
+    if has(r'(module\.)?blocks\.\d+\.(attn|mlp|norm1)\.'):
+        return ('It looks like a timm ViT state dict (blocks.N.attn.*): convert Google\'s '
+                f'original .npz with {converters}vit_npz_to_mmpretrain.py, or a checkpoint '
+                f'of the released DTL code with {converters}official_dtl_to_mmdtl.py.')
+    if missing and not prefix and all(f'backbone.{k}' in keys for k in missing):
+        return ('It is a classifier checkpoint (backbone.* keys): add prefix=\'backbone.\' to '
+                'the init_cfg, e.g. init_cfg=dict(type=\'Pretrained\', checkpoint=..., '
+                'prefix=\'backbone.\').')
+    bare = prefix and missing and all(k[len(prefix):] in keys for k in missing)
+    if bare:
+        return ('It is a backbone-only checkpoint (keys without the \'{0}\' prefix): load '
+                'it through the backbone, model.backbone.init_cfg=dict(type=\'Pretrained\', '
+                'checkpoint=...), not load_from.'.format(prefix))
+    if mismatched and not missing:
+        return ('It is a checkpoint of another size: build the backbone with the '
+                'checkpoint\'s arch, patch size and widths.')
+    return (f'Is it a checkpoint of this arch in mmpretrain\'s key layout? Released weights '
+            f'convert with {converters}.')
+
+
+def check_trunk_state(backbone: nn.Module,
+                      state_dict: Mapping,
+                      prefix: str = '',
+                      allow_partial: bool = False) -> Optional[str]:
+    """Check that ``state_dict`` holds the whole trunk of ``backbone``.
+
+    Args:
+        backbone (nn.Module): A DTL backbone.
+        state_dict (Mapping): What is being loaded (keys under ``prefix``
+            belong to the backbone).
+        prefix (str): The backbone's prefix in ``state_dict`` (e.g.
+            ``'backbone.'`` for a classifier). Defaults to ''.
+        allow_partial (bool): Warn instead of raising. Defaults to False.
+
+    Returns:
+        str | None: The file the trunk came from (``'a state dict in memory'``
+        when unknown), None when nothing was loaded into the trunk.
+
+    Raises:
+        TrunkMismatchError: Trunk tensors are missing or have other shapes.
+    """
+    required = trunk_shapes(backbone)
+    local = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    missing = [k for k in required if k not in local]
+    mismatched = [
+        f'{k} {tuple(local[k].shape)} in the checkpoint vs {tuple(shape)} in the model'
+        for k, shape in required.items()
+        if k in local and torch.is_tensor(local[k]) and local[k].shape != shape
+    ]
+    source = _find_source(local)
+    filename = source.filename if source is not None else None
+    if not missing and not mismatched:
+        return filename or 'a state dict in memory'
+
+    where = f'model.{prefix[:-1]}' if prefix else 'the backbone'
+    what = f'checkpoint {filename}' if filename else 'the state dict being loaded'
+    problems = []
+    if missing:
+        problems.append(f'{len(missing)} of its {len(required)} tensors are missing '
+                        f'({_examples(missing)})')
+    if mismatched:
+        problems.append(f'{len(mismatched)} have another shape ({_examples(mismatched)})')
+    keys = source.keys if source is not None else list(state_dict)
+    kind = source.kind if source is not None else 'plain'
+    message = (f'The {what} does not fit the frozen trunk of {type(backbone).__name__} '
+               f'({where}): {" and ".join(problems)}. '
+               f'{_layout_hint(keys, kind, prefix, missing, mismatched)} A frozen trunk '
+               f'never recovers from weights that do not fit; to load a partial trunk on '
+               f'purpose, set allow_partial_trunk=True in the backbone config.')
+    if not allow_partial:
+        raise TrunkMismatchError(message)
+    print_log(f'{message} (allow_partial_trunk=True: loading it anyway)', logger='current',
+              level=30)
+    return filename or 'a state dict in memory'
+
+
+def _trunk_pre_hook(module: nn.Module, state_dict, prefix, *args, **kwargs) -> None:
+    source = check_trunk_state(module, state_dict, prefix, module.allow_partial_trunk)
+    if source is not None:
+        module.trunk_source = source
+
+
+def install_trunk_check(backbone: nn.Module, allow_random_trunk: bool = False,
+                        allow_partial_trunk: bool = False) -> None:
+    """Make every ``load_state_dict`` into ``backbone`` check its trunk.
+
+    Call at the end of the backbone's ``__init__``: the pre-hook then runs
+    after the parent's (position-embedding resizing, key renames).
+
+    Args:
+        backbone (nn.Module): A DTL backbone.
+        allow_random_trunk (bool): Allow training a frozen trunk that was
+            never loaded from a checkpoint.
+        allow_partial_trunk (bool): Warn instead of raising when a
+            checkpoint lacks trunk tensors or has other shapes.
+    """
+    backbone.allow_random_trunk = allow_random_trunk
+    backbone.allow_partial_trunk = allow_partial_trunk
+    backbone.trunk_source = None  # where the trunk was loaded from (None: random init)
+    backbone._register_load_state_dict_pre_hook(_trunk_pre_hook, with_module=True)
+
+
+def check_trunks_loaded(model: nn.Module) -> None:
+    """Refuse a model whose frozen DTL trunk was never loaded from a checkpoint.
+
+    Raises:
+        TrunkNotLoadedError: Names the backbone and the option to set.
+    """
+    for name, module in model.named_modules():
+        if not hasattr(module, 'allow_random_trunk') or module.trunk_source is not None:
+            continue
+        if module.allow_random_trunk or not getattr(module, 'freeze_backbone', True):
+            continue
+        raise TrunkNotLoadedError(
+            f'The frozen trunk of {type(module).__name__} (model.{name or "backbone"}) was '
+            f'never loaded from a checkpoint: no init_cfg=dict(type=\'Pretrained\', '
+            f'checkpoint=...), no load_from, no --resume. Training would fit the side '
+            f'network to a randomly initialised backbone that never changes. Load '
+            f'pre-trained weights (converted by tools/model_converters/), or, for a '
+            f'deliberate random-trunk control, set model.backbone.allow_random_trunk=True.')
