@@ -3,7 +3,9 @@
 #   bash tools/dist_train.sh CONFIG GPUS [train.py args]
 # Multi-node: NNODES, NODE_RANK, MASTER_ADDR and PORT (defaults 1, 0,
 # 127.0.0.1, 29500). Without CUDA, tools/train.py trains with gloo on CPU
-# (GPUS processes).
+# (GPUS processes). A config with global_batch_size keeps that global batch
+# (global_batch_size / GPUS per process, an error when it does not divide);
+# --auto-scale-lr keeps the per-process batch and scales the learning rate.
 set -e
 CONFIG=$1
 GPUS=$2

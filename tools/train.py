@@ -6,6 +6,13 @@ Examples::
     python tools/train.py CONFIG --resume                 # latest in work_dir
     python tools/train.py CONFIG --resume PATH.pth --cfg-options train_cfg.max_epochs=200
     bash tools/dist_train.sh CONFIG 8 [ARGS]              # torchrun
+
+A config with a top-level ``global_batch_size`` states the global batch of its
+recipe: under N processes each takes ``global_batch_size / N`` images per step
+(an error when it does not divide), so the steps per epoch and the learning
+rate are those of one process. ``--auto-scale-lr`` keeps the per-process batch
+instead and scales the learning rate linearly. Configs without the key keep
+OpenMMLab's meaning of ``train_dataloader.batch_size`` (per process).
 """
 import argparse
 import copy
@@ -13,10 +20,12 @@ import datetime
 import os
 import os.path as osp
 import subprocess
+from typing import Optional, Tuple
 
 import torch.distributed as torch_dist
 from mmengine.config import Config, DictAction
 from mmengine.device import is_cuda_available, is_mlu_available, is_musa_available, is_npu_available
+from mmengine.hooks import Hook
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
@@ -70,7 +79,10 @@ def parse_args():
     parser.add_argument(
         '--auto-scale-lr',
         action='store_true',
-        help='scale the learning rate by the total batch size (needs auto_scale_lr in the config)')
+        help='keep the per-process batch of the config and scale the learning rate linearly '
+        'by the global batch (mmengine\'s auto_scale_lr, from global_batch_size or else '
+        'auto_scale_lr.base_batch_size). Without it, a config with global_batch_size keeps '
+        'that global batch (global_batch_size / processes per process) and its learning rate')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -205,8 +217,103 @@ def setup_cpu_distributed(cfg: Config, launcher: str, notes: list) -> None:
         **kwargs)
 
 
-def merge_args(cfg: Config, args, notes: list) -> Config:
-    """Apply the command line to the config."""
+# Environment variables that hold the number of processes, per launcher.
+WORLD_SIZE_ENV = dict(pytorch='WORLD_SIZE', slurm='SLURM_NTASKS', mpi='OMPI_COMM_WORLD_SIZE')
+
+
+def launcher_world_size(launcher: str) -> int:
+    """The number of training processes, known before the process group is."""
+    key = WORLD_SIZE_ENV.get(launcher)
+    if key is None:
+        return 1
+    if not os.environ.get(key, '').isdigit():
+        raise SystemExit(f'--launcher {launcher}: {key} is not set; start the processes with '
+                         'tools/dist_train.sh, tools/slurm_train.sh or mpirun.')
+    return int(os.environ[key])
+
+
+def setup_batch(cfg: Config, config_path: str, options: dict, auto_scale_lr: bool,
+                world_size: int, notes: list) -> Optional[str]:
+    """Set the per-process batch of ``world_size`` processes; describe it.
+
+    Where the config sets ``global_batch_size`` that global batch is part of
+    the recipe and is kept: each process takes ``global_batch_size /
+    world_size``. Two explicit requests keep the per-process batch instead:
+    ``--auto-scale-lr`` (mmengine then scales the learning rate by the global
+    batch over ``global_batch_size``) and ``train_dataloader.batch_size``
+    given in ``--cfg-options`` (OpenMMLab's per-process meaning). Without
+    ``global_batch_size``, ``train_dataloader.batch_size`` is per process, as
+    in OpenMMLab.
+
+    Returns:
+        str | None: the line logged at start (None without a train loader).
+    """
+    loader = cfg.get('train_dataloader')
+    if not loader or loader.get('batch_size') is None:
+        return None
+    recipe = cfg.get('global_batch_size')
+    per_process = loader.batch_size
+    if recipe is not None and (not isinstance(recipe, int) or recipe < 1):
+        raise SystemExit(f'{config_path}: global_batch_size must be a positive integer, '
+                         f'got {recipe!r}.')
+    cli_batch = 'train_dataloader.batch_size' in options
+    if recipe is None:
+        how = 'train_dataloader.batch_size per process (the config has no global_batch_size)'
+    elif auto_scale_lr:
+        # the recipe's lr is that of its global batch: scale from there
+        cfg.auto_scale_lr = dict(cfg.get('auto_scale_lr') or {}, base_batch_size=recipe,
+                                 enable=True)
+        how = '--auto-scale-lr: the per-process batch kept, the lr scaled'
+    elif cli_batch and 'global_batch_size' not in options:
+        how = 'train_dataloader.batch_size per process, from --cfg-options'
+    else:
+        if cli_batch and per_process * world_size != recipe:
+            raise SystemExit(
+                f'{config_path}: --cfg-options train_dataloader.batch_size={per_process} and '
+                f'global_batch_size={recipe} disagree on {world_size} process(es) '
+                f'({world_size} x {per_process} != {recipe}); give only one of them.')
+        if recipe % world_size:
+            raise SystemExit(
+                f'{config_path}: the global batch of the recipe (global_batch_size={recipe}) '
+                f'does not divide into {world_size} processes. Run on a number of processes '
+                f'that divides {recipe}, set another global batch with --cfg-options '
+                'global_batch_size=..., or keep the per-process batch and scale the learning '
+                'rate with --auto-scale-lr.')
+        per_process = loader.batch_size = recipe // world_size
+        how = 'global_batch_size of the config kept'
+    total = per_process * world_size
+    if recipe is not None and total != recipe:
+        notes.append(f'The global batch is {total}, not the recipe\'s global_batch_size='
+                     f'{recipe} of {config_path} ({how}).')
+    return (f'Batch: global {total} = {world_size} process(es) x {per_process} per process '
+            f'({how})')
+
+
+class LogBatchAndLrHook(Hook):
+    """Log the batch line and the learning rate the optimizer starts from.
+
+    ``before_run`` comes after mmengine's ``auto_scale_lr`` and after any
+    runner that sets the learning rate, so the logged lr is the one used.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def __init__(self, batch_line: str):
+        self.batch_line = batch_line
+
+    def before_run(self, runner) -> None:
+        groups = runner.optim_wrapper.param_groups
+        # the lr of what trains (a group of frozen parameters changes nothing)
+        groups = [g for g in groups if any(p.requires_grad for p in g['params'])] or groups
+        lrs = sorted({group.get('initial_lr', group['lr']) for group in groups})
+        lr = ', '.join(f'{lr:.6g}' for lr in lrs)
+        scaled = (runner.auto_scale_lr or {}).get('enable', False)
+        runner.logger.info(f'{self.batch_line}; lr {lr}'
+                           f'{" (scaled by --auto-scale-lr)" if scaled else ""}')
+
+
+def merge_args(cfg: Config, args, notes: list) -> Tuple[Config, Optional[str]]:
+    """Apply the command line to the config; also return the batch line to log."""
     cfg.launcher = args.launcher
     # work_dir priority: CLI > config > ./work_dirs/<config name>
     if args.work_dir is not None:
@@ -231,14 +338,18 @@ def merge_args(cfg: Config, args, notes: list) -> Config:
         cfg.val_evaluator = None
 
     if args.auto_scale_lr:
-        if 'base_batch_size' not in (cfg.get('auto_scale_lr') or {}):
-            raise SystemExit('--auto-scale-lr needs `auto_scale_lr = dict(base_batch_size=...)` '
-                             f'in {args.config}.')
-        cfg.auto_scale_lr.enable = True
+        if (cfg.get('global_batch_size') is None
+                and 'base_batch_size' not in (cfg.get('auto_scale_lr') or {})):
+            raise SystemExit('--auto-scale-lr needs the batch the lr is set for: '
+                             '`global_batch_size = ...` or `auto_scale_lr = '
+                             f'dict(base_batch_size=...)` in {args.config}.')
+        cfg.auto_scale_lr = dict(cfg.get('auto_scale_lr') or {}, enable=True)
+    batch_line = setup_batch(cfg, args.config, args.cfg_options or {}, args.auto_scale_lr,
+                             launcher_world_size(args.launcher), notes)
 
     if args.launcher != 'none' and not _amp_capable():
         setup_cpu_distributed(cfg, args.launcher, notes)
-    return cfg
+    return cfg, batch_line
 
 
 def main():
@@ -248,7 +359,7 @@ def main():
     register_safe_globals()
     cfg = load_config(args.config, args.cfg_options)
     notes = []
-    cfg = merge_args(cfg, args, notes)
+    cfg, batch_line = merge_args(cfg, args, notes)
 
     # 'runner_type' lets a config pick a custom runner (e.g. FlexibleRunner).
     if 'runner_type' not in cfg:
@@ -257,6 +368,8 @@ def main():
         runner = RUNNERS.build(cfg)
     for note in notes:  # logged once the runner's log file exists
         runner.logger.warning(note)
+    if batch_line is not None:
+        runner.register_hook(LogBatchAndLrHook(batch_line))
     if not any(isinstance(hook, TrunkCheckHook) for hook in runner.hooks):
         runner.register_hook(TrunkCheckHook())  # configs not based on ours (mmdet)
     try:
