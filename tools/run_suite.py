@@ -1,10 +1,13 @@
 """Run one of the paper's protocols end to end and write its result table.
 
 Every config of the suite is trained with ``tools/train.py`` and its
-checkpoint evaluated with ``tools/test.py`` (or ``tools/dist_train.sh`` /
-``tools/dist_test.sh`` with ``--gpus N``), one run after the other. A run
-that has its ``results.json`` is skipped; an interrupted one is resumed from
-its ``last_checkpoint``. The metrics are collected into
+checkpoint evaluated with ``tools/test.py``, one run after the other, or with
+``--gpus N`` up to N runs at the same time, one per GPU, each with the exact
+recipe of its config (``--gpus-per-run K``: N / K runs of K GPUs through
+``tools/dist_train.sh`` / ``tools/dist_test.sh``; ``--launcher slurm``: every
+step one ``srun`` job step through ``tools/slurm_*.sh``). A run that has its
+``results.json`` is skipped; an interrupted one is resumed from its
+``last_checkpoint``. The metrics are collected into
 ``<work-dir>/<suite>/results.md`` and ``results.csv`` in the paper's layout:
 
 * VTAB-1k: one row per method, the 19 tasks, the mean of every group
@@ -22,7 +25,10 @@ Examples::
     python tools/run_suite.py vtab-vit-dtl+ --data-root data/vtab-1k
     python tools/run_suite.py vtab-vit-dtl+ --data-root data/vtab-1k --val   # train800 -> val200
     python tools/run_suite.py few-shot --data-root data/fgfs --shots 1 16 --seeds 0
-    python tools/run_suite.py domain-generalization --data-root data/dg --gpus 4
+    python tools/run_suite.py vtab-vit-dtl+ --data-root data/vtab-1k --gpus 8  # 8 runs at once
+    python tools/run_suite.py domain-generalization --data-root data/dg --gpus 8 --gpus-per-run 4
+    python tools/run_suite.py vtab-vit-dtl --data-root data/vtab-1k --launcher slurm \
+        --partition PARTITION --gpus 16                 # 16 srun steps of 1 GPU at a time
     python tools/run_suite.py vtab-swin-dtl --dry-run       # print the commands and the table
 """
 import argparse
@@ -51,6 +57,7 @@ from mmdtl.datasets.few_shot import (  # noqa: E402
     few_shot_run_dir,
 )
 from mmdtl.datasets.vtab import VTAB1K_GROUPS, VTAB1K_TASKS  # noqa: E402
+from mmdtl.utils.run_pool import device_groups, run_on_devices  # noqa: E402
 
 # suite -> (kind, config glob relative to the repository)
 SUITES = OrderedDict([
@@ -165,29 +172,83 @@ def _parse_options(options: List[str]) -> dict:
     return parsed
 
 
-def tool_command(tool: str, gpus: int, config: str, *args: str) -> List[str]:
-    """``python tools/<tool>.py`` or its ``dist_<tool>.sh`` with N processes."""
-    if gpus > 1:
+@dataclass
+class Launch:
+    """How a run's tools start: where, and on how many devices.
+
+    Args:
+        per_run (int): devices (processes) of one run; more than 1 runs
+            ``tools/dist_*.sh`` (or ``tools/slurm_*.sh`` with that many tasks).
+        devices (tuple[str] | None): the run's ``CUDA_VISIBLE_DEVICES``; None
+            leaves the environment as it is.
+        port (int | None): torchrun's master port (``PORT`` of
+            ``tools/dist_*.sh``), distinct for multi-process runs at the same time.
+        partition (str | None): a Slurm partition: each tool then runs as one
+            ``srun`` job step through ``tools/slurm_*.sh``.
+    """
+    per_run: int = 1
+    devices: Optional[Tuple[str, ...]] = None
+    port: Optional[int] = None
+    partition: Optional[str] = None
+
+    def env(self) -> Dict[str, str]:
+        """The environment variables the run's commands get."""
+        env = {}
+        if self.partition is not None:
+            env['GPUS'] = str(self.per_run)  # srun --ntasks; GPUS_PER_NODE follows
+        elif self.devices is not None:
+            env['CUDA_VISIBLE_DEVICES'] = ','.join(self.devices)
+        if self.partition is None and self.per_run > 1 and self.port is not None:
+            env['PORT'] = str(self.port)
+        return env
+
+
+def tool_command(tool: str, launch: Launch, config: str, *args: str,
+                 job_name: str = 'mmdtl') -> List[str]:
+    """``python tools/<tool>.py``, its ``dist_<tool>.sh`` or its ``slurm_<tool>.sh``.
+
+    ``args`` are those of ``tools/<tool>.py`` after the config: for test the
+    checkpoint first, for train ``--work-dir DIR`` first.
+    """
+    if launch.partition is not None:
+        script = osp.join(REPO, 'tools', f'slurm_{tool}.sh')
+        # slurm_train.sh takes the work dir, slurm_test.sh the checkpoint, after the config
+        if tool == 'train':
+            assert args[0] == '--work-dir', args
+            positional, rest = [args[1]], list(args[2:])
+        else:
+            positional, rest = [args[0]], list(args[1:])
+        return ['bash', script, launch.partition, job_name, config, *positional, *rest]
+    if launch.per_run > 1:
         script = osp.join(REPO, 'tools', f'dist_{tool}.sh')
         # dist_test.sh takes the checkpoint before the number of processes
         positional = [config] + ([args[0]] if tool == 'test' else [])
         rest = list(args[1:] if tool == 'test' else args)
-        return ['bash', script, *positional, str(gpus), *rest]
+        return ['bash', script, *positional, str(launch.per_run), *rest]
     return [sys.executable, osp.join(REPO, 'tools', f'{tool}.py'), config, *args]
 
 
-def train_command(run: Run, gpus: int, resume: bool) -> List[str]:
+def job_name(run: Run) -> str:
+    return run.stem if run.shot is None else f'{run.stem}_shot{run.shot}_seed{run.seed}'
+
+
+def train_command(run: Run, launch: Launch, resume: bool) -> List[str]:
     args = ['--work-dir', run.work_dir] + (['--resume'] if resume else [])
     if run.options:
         args += ['--cfg-options', *run.options]
-    return tool_command('train', gpus, run.config, *args)
+    return tool_command('train', launch, run.config, *args, job_name=job_name(run))
 
 
-def test_command(run: Run, gpus: int, checkpoint: str) -> List[str]:
+def test_command(run: Run, launch: Launch, checkpoint: str) -> List[str]:
     args = [checkpoint, '--work-dir', run.work_dir]
     if run.options:
         args += ['--cfg-options', *run.options]
-    return tool_command('test', gpus, run.config, *args)
+    return tool_command('test', launch, run.config, *args, job_name=job_name(run))
+
+
+def shown(cmd: List[str], launch: Launch) -> str:
+    """A command as a shell line, with its environment variables."""
+    return ' '.join([f'{k}={v}' for k, v in launch.env().items()] + cmd)
 
 
 def find_checkpoint(run: Run) -> str:
@@ -227,20 +288,22 @@ def find_test_metrics(run_dir: str, since: float) -> Optional[dict]:
             if isinstance(v, (int, float)) and k not in ('time', 'data_time', 'memory')}
 
 
-def execute(cmd: List[str], log_file: str, verbose: bool) -> int:
+def execute(cmd: List[str], log_file: str, verbose: bool, extra_env: Optional[dict] = None,
+            prefix: str = '') -> int:
     """Run a tool; its output goes to the log file (and the terminal if verbose)."""
     os.makedirs(osp.dirname(log_file), exist_ok=True)
-    env = dict(os.environ)
+    env = dict(os.environ, **(extra_env or {}))
     env['PYTHONPATH'] = os.pathsep.join(p for p in (REPO, env.get('PYTHONPATH')) if p)
     with open(log_file, 'a') as log:
-        log.write(f'$ {" ".join(cmd)}\n')
+        log.write(f'$ {" ".join(f"{k}={v}" for k, v in (extra_env or {}).items())}'
+                  f'{" " if extra_env else ""}{" ".join(cmd)}\n')
         log.flush()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1)
         for line in proc.stdout:
             log.write(line)
             if verbose:
-                sys.stdout.write(line)
+                sys.stdout.write(prefix + line)
         return proc.wait()
 
 
@@ -252,7 +315,16 @@ def tail(path: str, lines: int = 30) -> str:
         return ''
 
 
-def run_one(run: Run, index: int, total: int, gpus: int, verbose: bool, dry_run: bool) -> bool:
+def write_json(path: str, obj) -> None:
+    """Write atomically: a run is skipped once its results.json exists."""
+    tmp = f'{path}.{os.getpid()}.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def run_one(run: Run, index: int, total: int, launch: Launch, verbose: bool,
+            dry_run: bool) -> bool:
     """Train and test one run unless done; False when a step failed."""
     head = f'[{index}/{total}] {run.label}'
     results = osp.join(run.run_dir, RESULTS)
@@ -264,28 +336,30 @@ def run_one(run: Run, index: int, total: int, gpus: int, verbose: bool, dry_run:
     if dry_run:
         if not train_done:
             print(f'{head}: would {"resume" if resume else "train"}:\n  '
-                  f'{" ".join(train_command(run, gpus, resume))}')
+                  f'{shown(train_command(run, launch, resume), launch)}')
         print(f'{head}: would test:\n  '
-              f'{" ".join(test_command(run, gpus, "<checkpoint>"))}', flush=True)
+              f'{shown(test_command(run, launch, "<checkpoint>"), launch)}', flush=True)
         return True
+    where = f' on devices {",".join(launch.devices)}' if launch.devices else ''
+    prefix = f'[{run.label}] ' if launch.devices or launch.partition else ''
     start = time.time()
     if not train_done:
-        print(f'{head}: {"resuming" if resume else "training"} in {run.run_dir}', flush=True)
+        print(f'{head}: {"resuming" if resume else "training"} in {run.run_dir}{where}',
+              flush=True)
         log = osp.join(run.run_dir, 'run_suite_train.log')
-        if execute(train_command(run, gpus, resume), log, verbose) != 0:
+        if execute(train_command(run, launch, resume), log, verbose, launch.env(), prefix):
             print(f'{head}: training FAILED; log {log}:\n{tail(log)}', flush=True)
             return False
-        with open(osp.join(run.run_dir, TRAIN_DONE), 'w') as f:
-            json.dump(dict(seconds=round(time.time() - start, 1)), f)
+        write_json(osp.join(run.run_dir, TRAIN_DONE), dict(seconds=round(time.time() - start, 1)))
     try:
         checkpoint = find_checkpoint(run)
     except RuntimeError as e:
         print(f'{head}: FAILED: {e}', flush=True)
         return False
-    print(f'{head}: testing {osp.basename(checkpoint)}', flush=True)
+    print(f'{head}: testing {osp.basename(checkpoint)}{where}', flush=True)
     log = osp.join(run.run_dir, 'run_suite_test.log')
     since = time.time()
-    if execute(test_command(run, gpus, checkpoint), log, verbose) != 0:
+    if execute(test_command(run, launch, checkpoint), log, verbose, launch.env(), prefix):
         print(f'{head}: test FAILED; log {log}:\n{tail(log)}', flush=True)
         return False
     metrics = find_test_metrics(run.run_dir, since)
@@ -296,11 +370,51 @@ def run_one(run: Run, index: int, total: int, gpus: int, verbose: bool, dry_run:
     record = dict(config=osp.relpath(run.config, REPO), method=run.method, dataset=run.dataset,
                   shot=run.shot, seed=run.seed, checkpoint=checkpoint, metrics=metrics,
                   options=run.options, minutes=round((time.time() - start) / 60, 2))
-    with open(results, 'w') as f:
-        json.dump(record, f, indent=2)
-    shown = ', '.join(f'{k}={v:.2f}' for k, v in metrics.items() if 'top1' in k)
-    print(f'{head}: {shown or metrics}', flush=True)
+    write_json(results, record)
+    top1 = ', '.join(f'{k}={v:.2f}' for k, v in metrics.items() if 'top1' in k)
+    print(f'{head}: {top1 or metrics}', flush=True)
     return True
+
+
+def visible_devices(count: int, check: bool) -> List[str]:
+    """The first ``count`` CUDA devices this process may use (``--gpus``)."""
+    listed = os.environ.get('CUDA_VISIBLE_DEVICES')
+    if listed is not None:
+        ids = [d.strip() for d in listed.split(',') if d.strip()]
+    else:
+        import torch
+        ids = [str(i) for i in range(torch.cuda.device_count())]
+    if len(ids) < count:
+        if check:
+            raise SystemExit(
+                f'--gpus {count}: only {len(ids)} CUDA device(s) visible here '
+                f'({",".join(ids) or "none"}); give fewer, or name the devices with --devices.')
+        ids += [str(i) for i in range(len(ids), count)]  # a dry run shows the plan anyway
+    return ids[:count]
+
+
+def plan_launches(args) -> List[Launch]:
+    """One Launch per run that may go at the same time (``--gpus`` / ``--devices``)."""
+    per_run = args.gpus_per_run
+    if args.launcher == 'slurm':
+        total = args.gpus or per_run
+        if total % per_run:
+            raise SystemExit(f'--gpus {total} does not split into runs of --gpus-per-run '
+                             f'{per_run}.')
+        return [Launch(per_run, partition=args.partition) for _ in range(total // per_run)]
+    if args.devices:
+        devices = args.devices
+    elif args.gpus:
+        devices = visible_devices(args.gpus, check=not args.dry_run)
+    else:  # one run at a time on the devices the environment gives
+        return [Launch(per_run)]
+    try:
+        groups = device_groups(devices, per_run)
+    except ValueError as e:
+        raise SystemExit(f'--devices/--gpus with --gpus-per-run {per_run}: {e}') from e
+    port = int(os.environ.get('PORT', 29500))
+    return [Launch(per_run, group, port + slot if len(groups) > 1 else None)
+            for slot, group in enumerate(groups)]
 
 
 # ----------------------------------------------------------------------------
@@ -504,9 +618,22 @@ def parse_args(argv=None):
     parser.add_argument('--data-root', help='dataset root (sets data_root of every dataloader)')
     parser.add_argument('--work-dir', default='work_dirs/suites',
                         help='runs go to <work-dir>/<suite>/<config>[/shot<k>_seed<s>]')
-    parser.add_argument('--gpus', type=int, default=1,
-                        help='processes per run; more than 1 uses tools/dist_train.sh and '
-                        'tools/dist_test.sh')
+    parser.add_argument('--gpus', type=int,
+                        help='GPUs to use: up to GPUS / GPUS_PER_RUN runs at the same time, each '
+                        'on its own GPU(s) (CUDA_VISIBLE_DEVICES; the first GPUS visible '
+                        'ones), each with the exact recipe of its config. Default: one run at '
+                        'a time, the environment unchanged')
+    parser.add_argument('--devices', nargs='+',
+                        help='the device ids to use instead of --gpus, e.g. --devices 4 5 6 7')
+    parser.add_argument('--gpus-per-run', type=int, default=1,
+                        help='GPUs (processes) of one run; more than 1 runs tools/dist_train.sh '
+                        'and tools/dist_test.sh (DDP), e.g. for ImageNet 16-shot')
+    parser.add_argument('--launcher', choices=['local', 'slurm'], default='local',
+                        help='slurm: every train and test is one srun job step through '
+                        'tools/slurm_train.sh / tools/slurm_test.sh (GPUS=--gpus-per-run; '
+                        'SRUN_ARGS and CPUS_PER_TASK from the environment), --gpus / '
+                        '--gpus-per-run steps at the same time')
+    parser.add_argument('--partition', help='the Slurm partition (--launcher slurm)')
     parser.add_argument('--configs', nargs='+',
                         help='run these configs instead of all of the suite')
     parser.add_argument('--shots', nargs='+', type=int,
@@ -534,8 +661,20 @@ def parse_args(argv=None):
     if kind == 'vtab' and (args.shots or args.seeds):
         parser.error('--shots/--seeds apply to the few-shot and domain-generalization suites.')
     args.seeds = args.seeds or list(FEW_SHOT_SEEDS)
-    if args.gpus < 1:
+    if args.gpus is not None and args.gpus < 1:
         parser.error('--gpus must be >= 1')
+    if args.gpus_per_run < 1:
+        parser.error('--gpus-per-run must be >= 1')
+    if args.devices and args.gpus is not None:
+        parser.error('give --gpus N (the first N visible GPUs) or --devices IDS, not both')
+    if args.launcher == 'slurm':
+        if not args.partition:
+            parser.error('--launcher slurm needs --partition (as tools/slurm_train.sh)')
+        if args.devices:
+            parser.error('--devices: with --launcher slurm, Slurm assigns the devices; give '
+                         '--gpus (GPUs in use at a time) and --gpus-per-run')
+    elif args.partition:
+        parser.error('--partition is for --launcher slurm')
     return args
 
 
@@ -548,17 +687,30 @@ def main(argv=None) -> int:
     suite_dir = osp.join(work_root, args.suite + ('_val' if args.val else ''))
     print(f'Suite {args.suite}: {len(runs)} run(s) of {len(configs)} config(s) in {suite_dir}',
           flush=True)
-    failed = []
-    for i, run in enumerate(runs, 1):
-        if not run_one(run, i, len(runs), args.gpus, args.verbose, args.dry_run):
-            failed.append(run.label)
+    launches = plan_launches(args)
+    if len(launches) > 1:
+        where = ('Slurm job steps' if args.launcher == 'slurm' else
+                 'devices ' + ' | '.join(','.join(launch.devices) for launch in launches))
+        print(f'Up to {len(launches)} runs at the same time on {where} '
+              f'({args.gpus_per_run} per run; devices are given to runs as they free up)',
+              flush=True)
+    if args.dry_run:  # in order, as the runs would start if they took equal times
+        ok = [run_one(run, i, len(runs), launches[(i - 1) % len(launches)], args.verbose, True)
+              for i, run in enumerate(runs, 1)]
+    else:
+        ok = run_on_devices(
+            list(enumerate(runs, 1)), [launch.devices or () for launch in launches],
+            lambda job, _, slot: run_one(job[1], job[0], len(runs), launches[slot],
+                                         args.verbose, False))
+    failed = [run.label for run, success in zip(runs, ok) if not success]
 
     table, header, rows = collect(args.suite, runs, args.seeds, args.shots)
     md_path, csv_path = osp.join(suite_dir, 'results.md'), osp.join(suite_dir, 'results.csv')
     if not args.dry_run:
         os.makedirs(suite_dir, exist_ok=True)
-        with open(md_path, 'w') as f:
+        with open(md_path + '.tmp', 'w') as f:
             f.write(f'# {args.suite}\n\n{table}')
+        os.replace(md_path + '.tmp', md_path)
         to_csv(csv_path, header, rows)
     print('\n' + table)
     if not args.dry_run:

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import os.path as osp
+import time
 from pathlib import Path
 
 import pytest
@@ -42,17 +43,35 @@ def tiny_options():
 
 
 def test_two_configs_end_to_end_then_skip(tmp_path, capsys, monkeypatch):
+    """Both runs at the same time, each on its own (fake: no GPU here) device."""
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
     data = tmp_path / 'data'
     for task in ('cifar', 'dtd'):
         make_vtab_tree(str(data), task=task, image_size=8)
+    spans = {}
+    real_execute = run_suite.execute
+
+    def timed(cmd, log_file, *args, **kwargs):  # the real tools, timed
+        start = time.time()
+        rc = real_execute(cmd, log_file, *args, **kwargs)
+        spans[log_file] = (start, time.time())
+        return rc
+
+    monkeypatch.setattr(run_suite, 'execute', timed)
     argv = ['vtab-vit-dtl+', '--data-root', str(data), '--work-dir', str(tmp_path / 'wd'),
-            '--configs', *CONFIGS, '--cfg-options', *tiny_options()]
+            '--devices', '0', '1', '--configs', *CONFIGS, '--cfg-options', *tiny_options()]
     assert run_suite.main(argv) == 0
     out = capsys.readouterr().out
     suite_dir = tmp_path / 'wd' / 'vtab-vit-dtl+'
     assert '[1/2] vit-b_dtl+_cifar: training in' in out
     assert '[2/2] vit-b_dtl+_dtd: testing epoch_1.pth' in out
+    logs = [str(suite_dir / stem / 'run_suite_train.log') for stem in ('vit-b_dtl+_cifar',
+                                                                        'vit-b_dtl+_dtd')]
+    (a0, a1), (b0, b1) = spans[logs[0]], spans[logs[1]]
+    assert a0 < b1 and b0 < a1  # the two trainings overlapped in time
+    firsts = {open(log).readline().split()[1] for log in logs}  # "$ CUDA_VISIBLE_DEVICES=0 ..."
+    assert firsts == {'CUDA_VISIBLE_DEVICES=0', 'CUDA_VISIBLE_DEVICES=1'}
+    assert 'Batch: global 4 = 1 process(es) x 4 per process' in open(logs[0]).read()
     records = {}
     for stem in ('vit-b_dtl+_cifar', 'vit-b_dtl+_dtd'):
         with open(suite_dir / stem / 'results.json') as f:
@@ -89,7 +108,7 @@ def test_two_configs_end_to_end_then_skip(tmp_path, capsys, monkeypatch):
 def test_dry_run_few_shot_and_val_mode(tmp_path, capsys):
     wd = tmp_path / 'wd'
     argv = ['few-shot', '--work-dir', str(wd), '--dry-run', '--shots', '1', '4', '--seeds', '2',
-            '--configs', 'configs/dtl/few_shot/vit-b_dtl_food101.py', '--gpus', '2']
+            '--configs', 'configs/dtl/few_shot/vit-b_dtl_food101.py', '--gpus-per-run', '2']
     assert run_suite.main(argv) == 0
     out = capsys.readouterr().out
     assert '[2/2] vit-b_dtl_food101 shot=4 seed=2: would train:' in out
