@@ -1,4 +1,5 @@
-# VTAB-1k: resize to 224 (bicubic), mean = std = 0.5, no augmentation.
+# VTAB-1k: resize to 224 (bicubic), mean = std = 0.5, no augmentation. Images
+# are decoded and resized with PIL as the release does (docs/data_preparation.md).
 dataset_type = 'VTAB1k'
 data_root = 'data/vtab-1k'
 task = 'cifar'
@@ -11,7 +12,7 @@ data_preprocessor = dict(
 )
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageFromFilePIL'),  # PIL RGB, as the release's default_loader
     dict(type='Resize', scale=(img_size, img_size), interpolation='bicubic', backend='pillow'),
     dict(type='PackInputs'),
 ]

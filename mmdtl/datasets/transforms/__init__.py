@@ -1,0 +1,3 @@
+from .loading import LoadImageFromFilePIL
+
+__all__ = ['LoadImageFromFilePIL']

@@ -1,0 +1,108 @@
+"""Image decoding as the DTL release does it: PIL, RGB, no EXIF rotation."""
+import io
+from typing import Optional
+
+import mmengine.fileio as fileio
+import numpy as np
+from mmcv.transforms import LoadImageFromFile
+from mmpretrain.registry import TRANSFORMS
+from PIL import Image
+
+
+@TRANSFORMS.register_module()
+class LoadImageFromFilePIL(LoadImageFromFile):
+    """Load an image the way torchvision's ``default_loader`` does.
+
+    The DTL release reads every image with ``default_loader``:
+    ``PIL.Image.open(path).convert('RGB')``, which ignores the EXIF
+    orientation tag and turns every mode (L, LA, P, RGBA, CMYK, I;16, ...)
+    into RGB with PIL's own conversion. mmcv's ``LoadImageFromFile`` differs:
+    its default cv2 backend (and ``color_type='color'`` with the pillow
+    backend) rotates by the EXIF tag, cv2's JPEG decoder is not PIL's, and
+    an ``LA`` image is composited on a grey canvas. This transform decodes
+    with PIL exactly as the release, so that (with mmcv's ``Resize``,
+    ``backend='pillow'``) the pixels fed to the model are the release's.
+
+    A missing, empty (0 bytes) or undecodable file raises an ``OSError``
+    that names the file, in the main process or re-raised from a dataloader
+    worker.
+
+    Required keys: ``img_path``. Added keys: ``img``, ``img_shape``,
+    ``ori_shape``.
+
+    Args:
+        to_float32 (bool): Return a float32 array instead of uint8.
+            Defaults to False.
+        channel_order (str): ``'bgr'`` (mmcv's convention, which the
+            data preprocessor's ``to_rgb=True`` and mmpretrain's colour
+            transforms expect) or ``'rgb'``. Defaults to ``'bgr'``.
+        ignore_empty (bool): Return None for a file that cannot be read
+            instead of raising (mmengine's datasets then draw another
+            sample while training). Defaults to False.
+        backend_args (dict, optional): Arguments of mmengine's file backend
+            (e.g. for Petrel or HTTP). Defaults to None (local files).
+    """
+
+    def __init__(self,
+                 to_float32: bool = False,
+                 channel_order: str = 'bgr',
+                 ignore_empty: bool = False,
+                 backend_args: Optional[dict] = None) -> None:
+        if channel_order not in ('bgr', 'rgb'):
+            raise ValueError(f'{type(self).__name__}: channel_order must be \'bgr\' or '
+                             f'\'rgb\', got {channel_order!r}.')
+        super().__init__(to_float32=to_float32, color_type='color_ignore_orientation',
+                         imdecode_backend='pillow', ignore_empty=ignore_empty,
+                         backend_args=backend_args)
+        self.channel_order = channel_order
+
+    def transform(self, results: dict) -> Optional[dict]:
+        """Read ``results['img_path']`` into ``results['img']``.
+
+        Args:
+            results (dict): The result dict with ``img_path``.
+
+        Returns:
+            dict | None: The result dict with the image, or None for an
+            unreadable file with ``ignore_empty=True``.
+        """
+        filename = results['img_path']
+        try:
+            img = self._decode(filename)
+        except OSError:
+            if self.ignore_empty:
+                return None
+            raise
+        if self.to_float32:
+            img = img.astype(np.float32)
+        results['img'] = img
+        results['img_shape'] = img.shape[:2]
+        results['ori_shape'] = img.shape[:2]
+        return results
+
+    def _decode(self, filename) -> np.ndarray:
+        owner = type(self).__name__
+        try:
+            img_bytes = fileio.get(filename, backend_args=self.backend_args)
+        except Exception as e:
+            raise OSError(f'{owner}: cannot read image {filename}: {type(e).__name__}: {e}') \
+                from e
+        if not img_bytes:
+            raise OSError(f'{owner}: image file {filename} is empty (0 bytes); replace or '
+                          'remove it (tools/check_data.py lists every unreadable image).')
+        try:
+            with Image.open(io.BytesIO(img_bytes)) as image:
+                image = image.convert('RGB')  # as torchvision's default_loader
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
+            raise OSError(f'{owner}: cannot decode image {filename} ({len(img_bytes)} bytes): '
+                          f'{type(e).__name__}: {e}; replace or remove it '
+                          '(tools/check_data.py lists every unreadable image).') from e
+        img = np.asarray(image)
+        if self.channel_order == 'bgr':
+            img = img[..., ::-1]
+        return np.ascontiguousarray(img)
+
+    def __repr__(self) -> str:
+        return (f'{type(self).__name__}(to_float32={self.to_float32}, '
+                f'channel_order={self.channel_order!r}, ignore_empty={self.ignore_empty}, '
+                f'backend_args={self.backend_args})')
