@@ -29,6 +29,7 @@ from train import (
     _amp_capable,
     load_config,
     setup_cpu_distributed,
+    setup_eval_fp16,
 )
 
 
@@ -106,6 +107,9 @@ def main():
 
     if args.show_dir is not None:
         enable_visualization(cfg, args.show_dir, args.config)
+
+    # the released recipes evaluate under fp16 autocast: fp32 without a GPU
+    setup_eval_fp16(cfg, notes)
 
     if args.launcher != 'none' and not _amp_capable():
         setup_cpu_distributed(cfg, args.launcher, notes)

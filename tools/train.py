@@ -141,8 +141,27 @@ def _type_name(cfg_type) -> str:
     return name.split('.')[-1]
 
 
+def setup_eval_fp16(cfg: Config, notes: list) -> None:
+    """Evaluate in fp32 where there is no GPU.
+
+    The released recipes evaluate under fp16 autocast (``val_cfg`` /
+    ``test_cfg`` with ``fp16=True``); mmengine's autocast on CPU would run
+    bfloat16 instead, so without a GPU the loops run in fp32.
+    """
+    if _amp_capable():
+        return
+    for key in ('val_cfg', 'test_cfg'):
+        loop_cfg = cfg.get(key)
+        if loop_cfg and loop_cfg.get('fp16'):
+            loop_cfg['fp16'] = False
+            notes.append(f'{key}.fp16 (fp16 autocast evaluation) needs a GPU; no CUDA device '
+                         'is available: evaluating in fp32.')
+
+
 def setup_amp(cfg: Config, amp: bool, notes: list) -> None:
-    """Turn ``--amp`` on, or fall back to fp32 where there is no GPU."""
+    """Turn ``--amp`` on, or fall back to fp32 where there is no GPU (training
+    and evaluation)."""
+    setup_eval_fp16(cfg, notes)
     optim_wrapper = cfg.get('optim_wrapper')
     if optim_wrapper is None:
         if amp:

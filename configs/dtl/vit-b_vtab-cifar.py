@@ -1,10 +1,10 @@
 # DTL+ (3x3 DWConv) on ViT-B/16 for VTAB-1k CIFAR-100: the released
 # cifar_100 recipe (rank 2, beta 100, taps 0-11, add back after 6-11,
-# lr 5e-4, wd 0.05, batch 32, 100 epochs, drop path 0.1).
+# lr 5e-4, wd 0.05, batch 32, drop path 0.1; timm's cosine schedule, 110 epochs).
 _base_ = [
     '../_base_/models/dtl_vit-b16.py',
     '../_base_/datasets/vtab1k.py',
-    '../_base_/schedules/vtab1k_100e.py',
+    '../_base_/schedules/vtab1k_110e.py',
     '../_base_/default_runtime.py',
 ]
 

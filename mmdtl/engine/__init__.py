@@ -1,5 +1,6 @@
 from .hooks import TaskCheckpointHook
 from .prefix_cache_hook import PrefixCacheHook, random_transforms
+from .schedulers import TimmCosineLR, timm_cosine_lr
 from .task_checkpoint import (
                               BackboneMismatchError,
                               backbone_fingerprint,
@@ -10,7 +11,7 @@ from .task_checkpoint import (
 )
 
 __all__ = [
-    'PrefixCacheHook', 'random_transforms',
+    'PrefixCacheHook', 'random_transforms', 'TimmCosineLR', 'timm_cosine_lr',
     'TaskCheckpointHook', 'BackboneMismatchError', 'backbone_fingerprint',
     'load_backbone_weights', 'load_task_checkpoint', 'read_task_file', 'save_task_checkpoint'
 ]

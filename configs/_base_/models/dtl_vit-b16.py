@@ -26,5 +26,7 @@ model = dict(
         in_channels=768,
         loss=dict(type='CrossEntropyLoss', loss_weight=1.0),
         topk=(1, 5),
+        # The released head init (timm: trunc normal, std 0.02, zero bias).
+        init_cfg=dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.),
     ),
 )

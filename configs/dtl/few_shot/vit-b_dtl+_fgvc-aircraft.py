@@ -1,13 +1,13 @@
 # DTL+ (3x3 DWConv) on ViT-B/16, few-shot FGVC-Aircraft: the released recipe
 # (train_scripts/vit/few_shot/fgvc-aircraft-FS/train_dtl+_shot_*.sh): rank 2,
 # beta 100, taps 0-11, add back after 6-11, drop path 0, wd 0.05, batch 32,
-# 100 epochs; validation every 10 epochs and the best-validation checkpoint is
-# the one tested. Pick the split with `--cfg-options shot=<1|2|4|8|16> seed=<0|1|2>`;
+# 110 epochs; validation every 10 epochs (10, ..., 110) and the best-validation
+# checkpoint is the one tested. Pick the split with `--cfg-options shot=<1|2|4|8|16> seed=<0|1|2>`;
 # the run goes to <work_dir>/shot<k>_seed<s>.
 _base_ = [
     '../../_base_/models/dtl_vit-b16.py',
     '../../_base_/datasets/few_shot.py',
-    '../../_base_/schedules/few_shot_100e.py',
+    '../../_base_/schedules/few_shot_110e.py',
     '../../_base_/default_runtime.py',
 ]
 

@@ -1,0 +1,6 @@
+# Plain DTL (no DWConv) on ViT-B/16, domain generalization: trained on ImageNet
+# 16-shot, tested on ImageNet-R with the DTL+ sibling's lr, as the release
+# (train_scripts/vit/domain_generalization/imagenet-rendition/train_dtl.sh).
+_base_ = './vit-b_dtl+_imagenet-r.py'
+
+model = dict(backbone=dict(csn=dict(dwconv_kernel=0)))
