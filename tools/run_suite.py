@@ -195,7 +195,9 @@ class Launch:
         """The environment variables the run's commands get."""
         env = {}
         if self.partition is not None:
-            env['GPUS'] = str(self.per_run)  # srun --ntasks; GPUS_PER_NODE follows
+            # srun --ntasks, and never more GPUs per node than the run has
+            node = int(os.environ.get('GPUS_PER_NODE', 8))
+            env.update(GPUS=str(self.per_run), GPUS_PER_NODE=str(min(self.per_run, node)))
         elif self.devices is not None:
             env['CUDA_VISIBLE_DEVICES'] = ','.join(self.devices)
         if self.partition is None and self.per_run > 1 and self.port is not None:

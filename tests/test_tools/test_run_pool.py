@@ -158,6 +158,7 @@ def test_suite_on_a_device_pool(tmp_path, monkeypatch, capsys):
 
 def test_dry_run_commands_ddp_and_slurm(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv('PORT', raising=False)
+    monkeypatch.delenv('GPUS_PER_NODE', raising=False)
     wd = tmp_path / 'wd'
     config = 'configs/dtl/few_shot/vit-b_dtl+_food101.py'
     argv = ['few-shot', '--work-dir', str(wd), '--dry-run', '--configs', config,
@@ -179,10 +180,11 @@ def test_dry_run_commands_ddp_and_slurm(tmp_path, capsys, monkeypatch):
                                   '--gpus-per-run', '4']) == 0
     out = capsys.readouterr().out
     assert 'Up to 2 runs at the same time on Slurm job steps' in out
-    assert (f'GPUS=4 bash {REPO}/tools/slurm_train.sh p vit-b_dtl+_food101_shot16_seed1 '
-            f'{REPO}/{config} {stem} --cfg-options') in out
-    assert (f'GPUS=4 bash {REPO}/tools/slurm_test.sh p vit-b_dtl+_food101_shot16_seed0 '
-            f'{REPO}/{config} <checkpoint> --work-dir {stem} --cfg-options') in out
+    assert (f'GPUS=4 GPUS_PER_NODE=4 bash {REPO}/tools/slurm_train.sh p '
+            f'vit-b_dtl+_food101_shot16_seed1 {REPO}/{config} {stem} --cfg-options') in out
+    assert (f'GPUS=4 GPUS_PER_NODE=4 bash {REPO}/tools/slurm_test.sh p '
+            f'vit-b_dtl+_food101_shot16_seed0 {REPO}/{config} <checkpoint> --work-dir {stem} '
+            '--cfg-options') in out
     assert not wd.exists()
 
     for bad, message in [(['--gpus', '2', '--devices', '0', '1'], 'not both'),
