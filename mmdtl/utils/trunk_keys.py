@@ -67,11 +67,11 @@ class TrunkNotLoadedError(RuntimeError):
 class _Source:
     """A loaded checkpoint: its file, its keys and weak references to its tensors."""
 
-    def __init__(self, filename: str, state: Mapping, kind: str):
+    def __init__(self, filename: str, obj: Any, state: Mapping, kind: str):
         self.filename = filename
         self.kind = kind
         self.keys = [k for k in state if isinstance(k, str)]
-        self.refs = {id(v): weakref.ref(v) for v in state.values() if torch.is_tensor(v)}
+        self.refs = {id(v): weakref.ref(v) for v in _tensors(obj)}
 
     def holds(self, tensor: torch.Tensor) -> bool:
         ref = self.refs.get(id(tensor))
@@ -82,6 +82,16 @@ class _Source:
 
 
 _SOURCES: deque = deque(maxlen=8)
+
+
+def _tensors(obj: Any, depth: int = 3) -> List[torch.Tensor]:
+    """The tensors of a loaded checkpoint (state dicts nest a level or two)."""
+    if torch.is_tensor(obj):
+        return [obj]
+    if depth == 0 or not isinstance(obj, (Mapping, list, tuple)):
+        return []
+    values = obj.values() if isinstance(obj, Mapping) else obj
+    return [t for v in values for t in _tensors(v, depth - 1)]
 
 
 def _unwrap_checkpoint(obj: Any) -> Tuple[Mapping, str]:
@@ -102,7 +112,7 @@ def remember_checkpoint(obj: Any, filename: str) -> None:
     Only weak references are kept, so nothing is held in memory.
     """
     state, kind = _unwrap_checkpoint(obj)
-    _SOURCES.appendleft(_Source(str(filename), state, kind))
+    _SOURCES.appendleft(_Source(str(filename), obj, state, kind))
 
 
 def _find_source(state: Mapping) -> Optional[_Source]:
@@ -164,12 +174,14 @@ def _layout_hint(keys: Iterable[str], kind: str, prefix: str, missing: List[str]
         return ('It looks like a timm ViT state dict (blocks.N.attn.*): convert Google\'s '
                 f'original .npz with {converters}vit_npz_to_mmpretrain.py, or a checkpoint '
                 f'of the released DTL code with {converters}official_dtl_to_mmdtl.py.')
-    if missing and not prefix and all(f'backbone.{k}' in keys for k in missing):
+    def mostly(names: List[str]) -> bool:  # renames (ln1 -> ln2) aside
+        return bool(names) and sum(n in keys for n in names) >= len(names) / 2
+
+    if not prefix and mostly([f'backbone.{k}' for k in missing]):
         return ('It is a classifier checkpoint (backbone.* keys): add prefix=\'backbone.\' to '
                 'the init_cfg, e.g. init_cfg=dict(type=\'Pretrained\', checkpoint=..., '
                 'prefix=\'backbone.\').')
-    bare = prefix and missing and all(k[len(prefix):] in keys for k in missing)
-    if bare:
+    if prefix and mostly(missing):
         return ('It is a backbone-only checkpoint (keys without the \'{0}\' prefix): load '
                 'it through the backbone, model.backbone.init_cfg=dict(type=\'Pretrained\', '
                 'checkpoint=...), not load_from.'.format(prefix))
@@ -215,13 +227,14 @@ def check_trunk_state(backbone: nn.Module,
         return filename or 'a state dict in memory'
 
     where = f'model.{prefix[:-1]}' if prefix else 'the backbone'
-    what = f'checkpoint {filename}' if filename else 'the state dict being loaded'
+    what = f'checkpoint {filename}' if filename else 'state dict being loaded'
     problems = []
     if missing:
         problems.append(f'{len(missing)} of its {len(required)} tensors are missing '
                         f'({_examples(missing)})')
     if mismatched:
-        problems.append(f'{len(mismatched)} have another shape ({_examples(mismatched)})')
+        of = '' if missing else f' of its {len(required)} tensors'
+        problems.append(f'{len(mismatched)}{of} have another shape ({_examples(mismatched)})')
     keys = source.keys if source is not None else list(state_dict)
     kind = source.kind if source is not None else 'plain'
     message = (f'The {what} does not fit the frozen trunk of {type(backbone).__name__} '
