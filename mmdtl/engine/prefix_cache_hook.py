@@ -28,8 +28,11 @@ class PrefixCacheHook(Hook):
 
     Before training it inspects the training pipeline and the data
     preprocessor's batch augmentations; if any is random, cached features
-    would never be reused, so the cache is disabled (and says why). After
-    every epoch it logs the cache size and hit rate. Add it with::
+    would never be reused, so the cache is disabled (and says why) before
+    it holds anything. After every epoch it logs the cache size and hit
+    rate. Without the hook, or for a random transform it does not know, the
+    cache's own reuse check (see :class:`PrefixFeatureCache`) switches it
+    off after the second epoch. Add it with::
 
         custom_hooks = [dict(type='PrefixCacheHook')]
     """

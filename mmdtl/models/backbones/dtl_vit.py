@@ -136,9 +136,14 @@ class DTLViT(VisionTransformer):
             if src in state_dict and dst not in state_dict:
                 state_dict[dst] = state_dict.pop(src)
 
+    def _prefix_modules(self) -> list:
+        """The trunk modules whose output cannot depend on the side network:
+        everything up to block M."""
+        return [self.patch_embed, self.pre_norm, *self.layers[:self.csn.start + 1]]
+
     def _frozen_prefix(self) -> bool:
         """True when nothing up to block M can receive a gradient."""
-        modules = [self.patch_embed, self.pre_norm, *self.layers[:self.csn.start + 1]]
+        modules = self._prefix_modules()
         params = [p for m in modules for p in m.parameters()]
         params += [p for p in (self.cls_token, self.pos_embed) if p is not None]
         return not any(p.requires_grad for p in params)
