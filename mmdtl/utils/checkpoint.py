@@ -236,12 +236,18 @@ def _refusal(file: Any, error: BaseException) -> UnsafeCheckpointError:
 
 # What torch raises for a file that is cut short or not a checkpoint at all.
 _UNREADABLE = re.compile(r'PytorchStreamReader|inline_container|unexpected EOF|corrupt|'
-                         r'magic number|zip archive|central directory')
+                         r'magic number|zip archive|central directory|hasRecord')
 
 
-def _is_unreadable(error: BaseException) -> bool:
+def _is_unreadable(error: BaseException, file: Any = None) -> bool:
     if isinstance(error, (EOFError, KeyError, UnicodeDecodeError)):
         return True
+    if isinstance(file, (str, os.PathLike)) and osp.isfile(file):
+        with open(file, 'rb') as f:
+            head = f.read(2)
+        # torch.save writes a zip archive, or (legacy) a protocol-2 pickle.
+        if not head.startswith((b'PK', b'\x80')):
+            return True
     if isinstance(error, pickle.UnpicklingError):
         # invalid load key, truncated data: not a refused global
         return not re.search(r'GLOBAL|[Gg]lobal|Unsupported|allowlist', str(error))
@@ -259,7 +265,9 @@ def unreadable_checkpoint(file: Any, error: BaseException) -> UnreadableCheckpoi
         what = ('it is a NumPy .npz archive, not a torch checkpoint (Google\'s ViT '
                 'weights?): convert it with tools/model_converters/vit_npz_to_mmpretrain.py')
     else:
-        reason = (str(error).strip().splitlines() or [''])[0][:160]
+        # torch's first sentence (after its weights-only preamble, if any)
+        text = str(error).split('WeightsUnpickler error:', 1)[-1].strip()
+        reason = (text.splitlines() or [''])[0].split('. ')[0][:120]
         reason = f'{type(error).__name__}: {reason}' if reason else type(error).__name__
         bytes_text = f'{size:,} bytes, ' if size is not None else ''
         what = (f'it is truncated or not a torch checkpoint ({bytes_text}{reason}); '
@@ -289,7 +297,7 @@ def safe_torch_load(file: Any,
         # Explicit True: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot override it.
         obj = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as e:
-        if _is_unreadable(e):
+        if _is_unreadable(e, file):
             raise unreadable_checkpoint(source or file, e) from None
         if isinstance(e, pickle.UnpicklingError):
             raise _refusal(source or file, e) from None
@@ -330,7 +338,7 @@ def _with_clear_refusal(loader: Callable) -> Callable:
         except (UnsafeCheckpointError, UnreadableCheckpointError):
             raise
         except Exception as e:
-            if _is_unreadable(e):
+            if _is_unreadable(e, filename):
                 raise unreadable_checkpoint(filename, e) from None
             if isinstance(e, pickle.UnpicklingError):
                 raise _refusal(filename, e) from None

@@ -6,6 +6,7 @@ import os.path as osp
 import pickle
 import uuid
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -127,17 +128,20 @@ class _GetattrEscape:
         return getattr, (collections.OrderedDict, '__init_subclass__')
 
 
+@pytest.mark.parametrize('zip_format', [True, False], ids=['zip', 'legacy'])
 @pytest.mark.parametrize('payload, offending', [
     ('command', 'system'),
     (_Custom(), f'{__name__}._Custom'),
     (_GetattrEscape(), 'builtins.getattr'),
 ])
-def test_foreign_globals_are_refused(tmp_path, payload, offending):
+def test_foreign_globals_are_refused(tmp_path, payload, offending, zip_format):
     marker = tmp_path / 'pwned'
     if payload == 'command':
         payload = _RunsCommand(marker)
     ckpt = tmp_path / 'evil.pth'
-    torch.save({'state_dict': {'w': torch.zeros(1)}, 'extra': payload}, ckpt)
+    # The legacy (non-zip) format too: torch's message may not name the global.
+    torch.save({'state_dict': {'w': torch.zeros(1)}, 'extra': payload}, ckpt,
+               _use_new_zipfile_serialization=zip_format)
 
     with pytest.raises(UnsafeCheckpointError) as info:
         _load_checkpoint(str(ckpt), map_location='cpu')
@@ -146,6 +150,40 @@ def test_foreign_globals_are_refused(tmp_path, payload, offending):
     assert 'weights_only=False' not in msg
     assert isinstance(info.value, pickle.UnpicklingError)
     assert not marker.exists()
+
+
+def _unreadable_files(folder):
+    """Checkpoints cut short, empty or of another format."""
+    good, legacy = folder / 'good.pth', folder / 'legacy.pth'
+    torch.save({'state_dict': {'w': torch.zeros(256)}}, good)
+    torch.save({'state_dict': {'w': torch.zeros(256)}}, legacy,
+               _use_new_zipfile_serialization=False)
+    files = {'empty': b'', 'truncated': good.read_bytes()[:300],
+             'truncated_legacy': legacy.read_bytes()[:-100],
+             'cut_in_header': legacy.read_bytes()[:20], 'text': b'not a checkpoint\n' * 8}
+    paths = {}
+    for name, data in files.items():
+        paths[name] = folder / f'{name}.pth'
+        paths[name].write_bytes(data)
+    paths['npz'] = folder / 'ViT-B_16.npz'
+    np.savez(paths['npz'], **{'Transformer/encoder_norm/scale': np.ones(4)})
+    return paths
+
+
+def test_unreadable_checkpoints_are_one_line_naming_the_file(tmp_path):
+    from mmdtl.utils import UnreadableCheckpointError
+    for name, path in _unreadable_files(tmp_path).items():
+        with pytest.raises(UnreadableCheckpointError) as info:
+            _load_checkpoint(str(path), map_location='cpu')  # mmengine's loader
+        msg = str(info.value)
+        assert msg.startswith(f'Cannot read checkpoint {path}: '), (name, msg)
+        assert '\n' not in msg and 'Traceback' not in msg, (name, msg)
+        if name == 'empty':
+            assert 'the file is empty (0 bytes)' in msg
+        elif name == 'npz':
+            assert 'tools/model_converters/vit_npz_to_mmpretrain.py' in msg
+        else:
+            assert 'truncated or not a torch checkpoint' in msg, (name, msg)
 
 
 def test_save_checkpoint_atomic_keeps_previous_file(tmp_path, monkeypatch):
