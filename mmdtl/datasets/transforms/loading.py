@@ -89,14 +89,14 @@ class LoadImageFromFilePIL(LoadImageFromFile):
                 from e
         if not img_bytes:
             raise OSError(f'{owner}: image file {filename} is empty (0 bytes); replace or '
-                          'remove it (tools/check_data.py lists every unreadable image).')
+                          'remove it (tools/check_data.py checks every image of a data root).')
         try:
             with Image.open(io.BytesIO(img_bytes)) as image:
                 image = image.convert('RGB')  # as torchvision's default_loader
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
             raise OSError(f'{owner}: cannot decode image {filename} ({len(img_bytes)} bytes): '
                           f'{type(e).__name__}: {e}; replace or remove it '
-                          '(tools/check_data.py lists every unreadable image).') from e
+                          '(tools/check_data.py checks every image of a data root).') from e
         img = np.asarray(image)
         if self.channel_order == 'bgr':
             img = img[..., ::-1]
