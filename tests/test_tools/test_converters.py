@@ -437,6 +437,45 @@ def test_official_dtl_errors_name_the_file(tmp_path, capsys, kind, match):
     assert not dst.exists()
 
 
+class _RunsCommand:
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.path}', )
+
+
+@pytest.mark.parametrize('zip_format', [True, False], ids=['zip', 'legacy'])
+def test_official_dtl_refusal_names_the_global(tmp_path, capsys, zip_format):
+    """The refused global is named, in the legacy torch.save format too (torch's message
+    for it does not say 'WeightsUnpickler error:', and the name used to be lost)."""
+    marker = tmp_path / 'pwned'
+    src = tmp_path / 'evil.pth'
+    official = make_official_dtl(depth=2, taps=(0, 1))
+    torch.save(dict(model=official, args=argparse.Namespace(lr=1.0), extra=_RunsCommand(marker)),
+               src, _use_new_zipfile_serialization=zip_format)
+    assert dtl_tool.main([str(src), str(tmp_path / 'out.pth')]) == 1
+    err = capsys.readouterr().err
+    assert f'Refusing to load checkpoint {src}' in err and '.system' in err, err
+    assert not marker.exists() and not (tmp_path / 'out.pth').exists()
+
+
+@pytest.mark.parametrize('cut', [0, 200])
+def test_converters_name_a_truncated_file_in_one_line(tmp_path, capsys, cut):
+    full = tmp_path / 'full.pth'
+    torch.save(make_official_dtl(depth=2, taps=(0, 1)), full)
+    src = tmp_path / 'cut.pth'
+    src.write_bytes(full.read_bytes()[:cut])
+    swin_tool = _load_tool('swin_to_mmpretrain')
+    for tool in (dtl_tool, swin_tool):
+        assert tool.main([str(src), str(tmp_path / 'out.pth')]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f'error: Cannot read checkpoint {src}: '), err
+        assert len(err.splitlines()) == 1 and 'Traceback' not in err
+        assert ('empty (0 bytes)' if cut == 0 else 'truncated') in err
+
+
 def test_official_dtl_rejects_an_npz(tmp_path, capsys):
     src = tmp_path / 'vit.npz'  # the wrong converter for this file
     np.savez(src, **make_google_npz())

@@ -48,14 +48,18 @@ Example::
 """
 import argparse
 import os.path as osp
-import pickle
 import re
 import sys
 from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
-from mmdtl.utils import save_checkpoint_atomic
+from mmdtl.utils import (
+    UnreadableCheckpointError,
+    UnsafeCheckpointError,
+    safe_torch_load,
+    save_checkpoint_atomic,
+)
 
 # (official key pattern, mmdtl key template), matched against whole keys.
 KEY_MAP = [
@@ -93,17 +97,15 @@ def load_official(path: str, use_ema: bool = False) -> Dict[str, torch.Tensor]:
     if not osp.isfile(path):
         raise ConversionError(f'{path}: no such file')
     try:
+        # timm's checkpoint saver stores its argparse.Namespace: plain data.
         with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as err:
-        match = re.search(r'WeightsUnpickler error:\s*(.+?)(?:\. Please|\n\n|$)', str(err), re.S)
-        reason = (match.group(1) if match else str(err)).strip()[:200]
-        raise ConversionError(
-            f'{path} cannot be loaded with weights_only=True ({reason}): it is not a torch '
-            f'checkpoint, or it holds objects other than tensors and containers; re-save '
-            f'its state dict with torch.save(model.state_dict(), ...) where it is '
-            f'trusted') from err
-    except (RuntimeError, EOFError, OSError) as err:
+            obj = safe_torch_load(path, map_location='cpu')
+    except (UnsafeCheckpointError, UnreadableCheckpointError) as err:
+        # Both name the file and what is wrong (the refused global, the size).
+        hint = (' Re-save its state dict with torch.save(model.state_dict(), ...) where it '
+                'is trusted.' if isinstance(err, UnsafeCheckpointError) else '')
+        raise ConversionError(f'{err}{hint}') from None
+    except OSError as err:
         raise ConversionError(f'{path} is not a readable torch checkpoint ({err})') from err
     if not isinstance(obj, Mapping):
         raise ConversionError(f'{path}: expected a state dict, got {type(obj).__name__}')

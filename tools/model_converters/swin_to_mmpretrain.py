@@ -56,7 +56,6 @@ Example::
 import argparse
 import math
 import os.path as osp
-import pickle
 import re
 import sys
 from collections import OrderedDict
@@ -64,7 +63,12 @@ from typing import Dict, Mapping, Tuple
 
 import torch
 
-from mmdtl.utils import save_checkpoint_atomic
+from mmdtl.utils import (
+    UnreadableCheckpointError,
+    UnsafeCheckpointError,
+    safe_torch_load,
+    save_checkpoint_atomic,
+)
 
 # (pattern of the key inside a block ``layers.{s}.blocks.{b}.``, mmpretrain name)
 BLOCK_MAP = [
@@ -126,11 +130,13 @@ def load_checkpoint(path: str) -> Dict[str, torch.Tensor]:
     if not osp.isfile(path):
         raise ConversionError(f'{path}: no such file')
     try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        raise ConversionError(
-            f'{path} cannot be read with torch.load(weights_only=True) ({err}); expected a '
-            f'Swin checkpoint holding tensors (state dict, or one under "model")') from err
+        ckpt = safe_torch_load(path, map_location='cpu')
+    except (UnsafeCheckpointError, UnreadableCheckpointError) as err:
+        # Both name the file and what is wrong (the refused global, the size).
+        raise ConversionError(f'{err} Expected a Swin checkpoint holding tensors (state '
+                              f'dict, or one under "model").') from None
+    except OSError as err:
+        raise ConversionError(f'{path} cannot be read ({err})') from err
     for key in ('model', 'state_dict'):
         if isinstance(ckpt, Mapping) and isinstance(ckpt.get(key), Mapping):
             ckpt = ckpt[key]
