@@ -277,10 +277,10 @@ def write_outputs(args, rows: list) -> dict:
                 png=str(work_dir / 'benchmark.png'))
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--arch', default='vit-b', choices=sorted(ARCHS))
-    parser.add_argument('--methods', nargs='+', default=METHODS, choices=METHODS)
+def add_profile_args(parser: argparse.ArgumentParser, **defaults) -> None:
+    """Add the options :func:`profile` reads (batch, sizes, device,
+    precision, repeats, epochs); ``defaults`` override their defaults.
+    Shared with ``compare_official.py`` so the two cannot drift apart."""
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--img-size', type=int, default=224)
     parser.add_argument('--num-classes', type=int, default=100)
@@ -295,12 +295,25 @@ def parse_args(argv=None):
     parser.add_argument('--epoch-batches', type=int, default=0,
                         help='also time two epochs of this many new batches (epoch1_s, '
                              'epoch2_s): the prefix cache fills in the first')
-    parser.add_argument('--work-dir', default='work_dirs/benchmark')
-    parser.add_argument('--single', help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    parser.set_defaults(**defaults)
+
+
+def check_profile_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse values of :func:`add_profile_args`'s options that cannot run."""
     if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0 or args.epoch_batches < 0:
         parser.error('--batch-size and --repeats must be >= 1, --warmup and '
                      '--epoch-batches >= 0')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--arch', default='vit-b', choices=sorted(ARCHS))
+    parser.add_argument('--methods', nargs='+', default=METHODS, choices=METHODS)
+    add_profile_args(parser)
+    parser.add_argument('--work-dir', default='work_dirs/benchmark')
+    parser.add_argument('--single', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    check_profile_args(parser, args)
     return args
 
 

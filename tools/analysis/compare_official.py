@@ -12,8 +12,16 @@ Both DTL+ models get the same weights (the official state dict converted by
 ``tools/model_converters/official_dtl_to_mmdtl.py``) and must give the same
 logits, then full fine-tuning and DTL+ of both code bases are measured with
 the profiler of ``benchmark.py`` (activation bytes saved for backward, median
-training step and inference throughput). Writes ``compare_official.md`` and
-``.csv`` under ``--work-dir``.
+training step and inference throughput), with the same measurement options
+(``--batch-size``, ``--device``, ``--cpu-bf16``, ``--epoch-batches``, ...: see
+``benchmark.add_profile_args``). Writes ``compare_official.md`` and ``.csv``
+under ``--work-dir``.
+
+``--mmdtl-only`` measures the mmdtl half alone (no checkout needed), on any
+``--arch`` of ``benchmark.py``, e.g. the tiny test arch::
+
+    python tools/analysis/compare_official.py --mmdtl-only --arch vit-tiny-test \\
+        --img-size 32 --batch-size 2
 """
 import argparse
 import csv
@@ -34,6 +42,10 @@ def _load(path: Path, name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# The profiler and its options (one definition for both tools).
+bench = _load(HERE / 'benchmark.py', 'mmdtl_benchmark')
 
 
 def official_vit(repo: str, num_classes: int, dtl: bool):
@@ -87,23 +99,79 @@ class Logits(torch.nn.Module):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--official-repo', required=True)
-    parser.add_argument('--batch-size', type=int, default=4)
-    parser.add_argument('--img-size', type=int, default=224)
-    parser.add_argument('--num-classes', type=int, default=100)
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--no-amp', dest='amp', action='store_false')
-    parser.add_argument('--warmup', type=int, default=1)
-    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--official-repo', help='a checkout of heekhero/DTL')
+    parser.add_argument('--mmdtl-only', action='store_true',
+                        help='measure only the mmdtl half (no released code needed)')
+    parser.add_argument('--arch', default='vit-b',
+                        help='the mmdtl half\'s arch (an --arch of benchmark.py); the '
+                             'released code is ViT-B/16 only')
+    bench.add_profile_args(parser, batch_size=4, warmup=1, repeats=3)
     parser.add_argument('--work-dir', default='work_dirs/compare_official')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    bench.check_profile_args(parser, args)
+    if not args.mmdtl_only:
+        if not args.official_repo:
+            parser.error('--official-repo is required (or --mmdtl-only)')
+        if args.arch != 'vit-b' or args.img_size != 224:
+            parser.error('the released ViT-B/16 runs only with --arch vit-b --img-size 224 '
+                         '(14x14 grid); use --mmdtl-only for other settings')
+    return args
+
+
+def mmdtl_variants(args, ours=None) -> list:
+    """(name, builder, backbone-parameter getter) of the mmdtl half; ``ours``:
+    the DTL+ classifier with the released weights (default: a fresh one)."""
+
+    def build(method):
+        return lambda: bench.build_model(args.arch, method, args.num_classes, args.img_size)
+
+    return [
+        ('mmdtl: full fine-tuning', build('full'), None),
+        ('mmdtl: DTL+', (lambda: ours) if ours is not None else build('dtl+'), None),
+        ('mmdtl: DTL+ suffix checkpointed', build('dtl+ckpt'), None),
+    ]
+
+
+def measure(args, variants) -> list:
+    rows = []
+    for i, (name, build, backbone_of) in enumerate(variants, 1):
+        print(f'[{i}/{len(variants)}] {name} ...', flush=True)
+        torch.manual_seed(0)
+        model = build()
+        params = backbone_of(model) if backbone_of else model.backbone.parameters()
+        row = dict(method=name, **bench.profile(model, params, args))
+        rows.append(row)
+        print(f'    activations {row["activation_mb"]:.1f} MB  step {row["step_ms"]:.0f} ms',
+              flush=True)
+        del model
+    return rows
+
+
+def write_outputs(args, rows, diff=None) -> Path:
+    columns = ['method', 'trainable_backbone', 'activation_mb', 'step_ms', 'infer_img_s',
+               'epoch1_s', 'epoch2_s']
+    work_dir = Path(args.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    what = 'mmdtl' if args.mmdtl_only else 'mmdtl vs the released DTL code'
+    lines = [f'# {what}: {args.arch}, {args.img_size}px, batch {args.batch_size}, '
+             f'{args.device}', '']
+    if diff is not None:
+        lines += [f'Same weights: max |logit difference| {diff:.1e}.', '']
+    lines += ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+    lines += ['| ' + ' | '.join(bench.fmt(r[c]) for c in columns) + ' |' for r in rows]
+    (work_dir / 'compare_official.md').write_text('\n'.join(lines) + '\n')
+    with open(work_dir / 'compare_official.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction='ignore')
+        writer.writeheader()
+        writer.writerows(rows)
+    print('\n'.join(lines))
+    return work_dir
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.img_size != 224:
-        raise SystemExit('--img-size: the released ViT only runs at 224 (14x14 grid)')
-    bench = _load(HERE / 'benchmark.py', 'mmdtl_benchmark')
+    if args.mmdtl_only:
+        return write_outputs(args, measure(args, mmdtl_variants(args)))
     converter = _load(REPO / 'tools/model_converters/official_dtl_to_mmdtl.py', 'dtl_converter')
 
     torch.manual_seed(0)
@@ -125,41 +193,12 @@ def main(argv=None):
     def official_backbone(model):
         return [p for n, p in model.named_parameters() if not n.startswith('head.')]
 
-    rows = []
     variants = [
         ('released: full fine-tuning',
          lambda: official_vit(args.official_repo, args.num_classes, dtl=False), official_backbone),
         ('released: DTL+', lambda: official_dtl, official_backbone),
-        ('mmdtl: full fine-tuning',
-         lambda: bench.build_model('vit-b', 'full', args.num_classes, 224), None),
-        ('mmdtl: DTL+', lambda: ours, None),
-        ('mmdtl: DTL+ suffix checkpointed',
-         lambda: bench.build_model('vit-b', 'dtl+ckpt', args.num_classes, 224), None),
-    ]
-    for i, (name, build, backbone_of) in enumerate(variants, 1):
-        print(f'[{i}/{len(variants)}] {name} ...', flush=True)
-        torch.manual_seed(0)
-        model = build()
-        params = backbone_of(model) if backbone_of else model.backbone.parameters()
-        row = dict(method=name, **bench.profile(model, params, args))
-        rows.append(row)
-        print(f'    activations {row["activation_mb"]:.1f} MB  step {row["step_ms"]:.0f} ms',
-              flush=True)
-        del model
-
-    columns = ['method', 'trainable_backbone', 'activation_mb', 'step_ms', 'infer_img_s']
-    work_dir = Path(args.work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    lines = [f'# mmdtl vs the released DTL code: ViT-B/16, batch {args.batch_size}, '
-             f'{args.device}', '', f'Same weights: max |logit difference| {diff:.1e}.', '',
-             '| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
-    lines += ['| ' + ' | '.join(bench.fmt(r[c]) for c in columns) + ' |' for r in rows]
-    (work_dir / 'compare_official.md').write_text('\n'.join(lines) + '\n')
-    with open(work_dir / 'compare_official.csv', 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction='ignore')
-        writer.writeheader()
-        writer.writerows(rows)
-    print('\n'.join(lines))
+    ] + mmdtl_variants(args, ours)
+    return write_outputs(args, measure(args, variants), diff)
 
 
 if __name__ == '__main__':
