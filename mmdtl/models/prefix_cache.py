@@ -153,6 +153,19 @@ def _train_epoch() -> Optional[int]:
     return MessageHub.get_current_instance().get_info('epoch')
 
 
+def _load_failure(path: str, exc: BaseException) -> str:
+    """Why torch.load failed on a cache entry, in one short line."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        size = None
+    if size == 0:
+        return 'empty file'
+    if isinstance(exc, PermissionError):
+        return _one_line(exc)
+    return f'{size} bytes, truncated or not written by torch.save: {_one_line(exc)}'
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     text = text[0] if text else ''
@@ -367,31 +380,40 @@ class PrefixFeatureCache:
         path = self._disk_path(key)
         try:
             data = torch.load(path, map_location='cpu', weights_only=True)
-            return self._from_disk(data, taps)
         except FileNotFoundError:
             return None
         except Exception as e:  # truncated, empty, foreign: recompute, never crash
-            print_log(f'prefix cache: {path} is unreadable ({_one_line(e)}); it is '
-                      f'deleted and recomputed', logger='current', level=logging.WARNING)
-            try:
-                os.remove(path)
-            except OSError:
-                pass
-            return None
+            return self._drop_unreadable(path, _load_failure(path, e))
+        try:
+            return self._from_disk(data, taps)
+        except ValueError as e:
+            return self._drop_unreadable(path, str(e))
+
+    @staticmethod
+    def _drop_unreadable(path: str, reason: str) -> None:
+        print_log(f'prefix cache: {path} is unreadable ({reason}); it is deleted and '
+                  f'recomputed', logger='current', level=logging.WARNING)
+        try:
+            os.remove(path)
+        except OSError:
+            pass
 
     @staticmethod
     def _from_disk(data, taps: tuple) -> dict:
         """An entry from a loaded file, checked to hold what this prefix stores."""
-        if not isinstance(data, dict) or set(data) != {'taps', 'output', 'grid'}:
+        if (not isinstance(data, dict) or set(data) != {'taps', 'output', 'grid'}
+                or not isinstance(data['taps'], dict)
+                or not all(isinstance(t, str) and t.isdigit() for t in data['taps'])):
             raise ValueError('not a prefix-cache entry')
         stored = {int(t): v for t, v in data['taps'].items()}
         tensors = [data['output'], *stored.values()]
         grid = data['grid']
-        if (set(stored) != set(taps) or not all(isinstance(t, torch.Tensor) and t.dim() == 2
-                                                for t in tensors)
-                or not (isinstance(grid, list) and len(grid) == 2)):
-            raise ValueError(f'holds taps {sorted(stored)}, expected {list(taps)}, or '
-                             f'malformed tensors')
+        if set(stored) != set(taps):
+            raise ValueError(f'holds the inputs of blocks {sorted(stored)}, this prefix '
+                             f'stores {list(taps)}')
+        if not (all(isinstance(t, torch.Tensor) and t.dim() == 2 for t in tensors)
+                and isinstance(grid, list) and len(grid) == 2):
+            raise ValueError('malformed prefix-cache entry')
         return dict(taps=stored, output=data['output'], grid=tuple(grid))
 
     # -- disk ----------------------------------------------------------------

@@ -304,6 +304,9 @@ def test_unreadable_disk_entry_is_recomputed_with_one_line(damage, tmp_path):
     assert len(warnings) == 1 and '\n' not in warnings[0]
     assert warnings[0].startswith(f'prefix cache: {path} is unreadable (')
     assert warnings[0].endswith('it is deleted and recomputed')
+    assert dict(truncated=f'({len(content) // 2} bytes, truncated or not written by '
+                          'torch.save: ', empty='(empty file)',
+                foreign='(not a prefix-cache entry)')[damage] in warnings[0]
     # Rewritten: the next run hits both.
     last = build_variant(cache_dir)
     step(last, IMAGES)
