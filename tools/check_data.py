@@ -1,9 +1,9 @@
 """Check a dataset root for one of the paper's protocols before training.
 
 Every split file must be present; every line must be ``<relpath> <label>``
-with a label in range; every listed image must exist and be readable by PIL
-(``Image.open`` + ``verify``). Every problem is printed with its file and
-line; the exit code is 1 when there are problems.
+with a label in range; every listed image must exist and decode whole with
+PIL (``verify``, then a full decode to RGB, which catches truncated files).
+Every problem is printed with its file and line; the exit code is 1 when there are problems.
 
 Examples::
 
@@ -39,7 +39,8 @@ SUITES = ('vtab', 'few-shot', 'domain-generalization')
 # run_suite.py's suite names work here too.
 SUITE_ALIASES = {
     'vtab-vit-dtl': 'vtab', 'vtab-vit-dtl+': 'vtab', 'vtab-swin-dtl': 'vtab',
-    'vtab-swin-dtl+': 'vtab', 'dg': 'domain-generalization', 'fgfs': 'few-shot'
+    'vtab-swin-dtl+': 'vtab', 'dg': 'domain-generalization', 'fgfs': 'few-shot',
+    'domain-generalization-all-targets': 'domain-generalization',
 }
 
 
@@ -100,6 +101,10 @@ def _read_error(item) -> Optional[str]:
     try:
         with Image.open(path) as img:
             img.verify()
+        # verify() checks the structure only: a truncated JPEG passes it. Decode
+        # the whole image as the training loader does.
+        with Image.open(path) as img:
+            img.convert('RGB')
     except Exception as e:  # any decoder error is the problem to report
         return f'{type(e).__name__}: {e}'
     return None

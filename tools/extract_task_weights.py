@@ -7,7 +7,7 @@ of the frozen backbone it needs (see ``mmdtl.engine.task_checkpoint``).
 Example::
 
     python tools/extract_task_weights.py \\
-        work_dirs/vit-b_vtab-cifar/epoch_100.pth configs/dtl/vit-b_vtab-cifar.py \\
+        work_dirs/vit-b_vtab-cifar/epoch_110.pth configs/dtl/vit-b_vtab-cifar.py \\
         work_dirs/vit-b_vtab-cifar/cifar.task.pth \\
         --backbone-checkpoint checkpoints/vit-b16_in21k_mmpretrain.pth
 """

@@ -108,3 +108,26 @@ def test_domain_generalization(capsys, tmp_path):
     assert code == 1
     assert 'train_meta.list.num_shot_16.seed_0 should list 16 images of each of the 1000 ' \
         'classes; class 0: 2, class 1: 2' in out
+
+
+def test_truncated_jpeg_is_reported(capsys, vtab_root):
+    """PIL's verify() passes a truncated JPEG; the check must decode it whole."""
+    import numpy as np
+    from PIL import Image
+    task_dir = vtab_root / 'cifar'
+    jpeg = task_dir / 'images/test/000001.png'  # the name is what the split lists
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(jpeg, format='JPEG')
+    jpeg.write_bytes(jpeg.read_bytes()[:-400])
+    code, out = run(capsys, 'vtab', '--data-root', vtab_root, '--names', 'cifar')
+    assert code == 1, out
+    assert f'image {task_dir}/images/test/000001.png cannot be read' in out
+    assert 'truncated' in out
+
+
+def test_suite_aliases_of_run_suite_are_accepted(capsys, vtab_root):
+    run_suite = load('tools/run_suite.py', 'run_suite_for_aliases')
+    for suite, (kind, _) in run_suite.SUITES.items():
+        if kind not in ('vtab', 'few-shot', 'dg'):
+            continue  # e.g. the demo's miniature suite has its own data tool
+        assert suite in check_data.SUITES or suite in check_data.SUITE_ALIASES, suite
