@@ -35,6 +35,8 @@ from .side_network import build_side_network
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 # Backbone settings that change the output without changing tensor shapes.
+# Loading transforms of a test pipeline (the inferencer reads paths with them).
+_LOADING_TRANSFORMS = ('LoadImageFromFile', 'LoadImageFromFilePIL')
 _OUTPUT_KEYS = ('out_type', 'final_norm', 'with_cls_token', 'out_after_downsample')
 
 
@@ -362,9 +364,10 @@ class MultiTaskDTL(BaseModel):
 class MultiTaskInferencer:
     """Classify images with several DTL tasks on one frozen backbone.
 
-    Preprocessing follows the backbone config: its test pipeline (image
-    loading removed: paths are read with ``mmcv.imread``, arrays are taken as
-    BGR as in mmpretrain) and its data preprocessor (mean/std, to_rgb).
+    Preprocessing follows the backbone config: its test pipeline (paths are
+    decoded by the config's loading transform, e.g. ``LoadImageFromFilePIL``;
+    arrays are taken as BGR as in mmpretrain) and its data preprocessor
+    (mean/std, to_rgb).
 
     Example:
         >>> inferencer = MultiTaskInferencer(
@@ -414,8 +417,13 @@ class MultiTaskInferencer:
         if not pipeline:
             raise ValueError('The backbone config has no test pipeline '
                              '(test_dataloader.dataset.pipeline or test_pipeline).')
-        # Images are loaded in `_load` (paths and arrays alike).
-        pipeline = remove_transform(pipeline, 'LoadImageFromFile')
+        # Paths are decoded by the config's own loading transform (the recipe
+        # configs' LoadImageFromFilePIL decodes as the release does), arrays are
+        # taken as they are; the rest of the pipeline runs on both.
+        self.loader = None
+        for loader in (t for t in pipeline if t['type'] in _LOADING_TRANSFORMS):
+            self.loader = TRANSFORMS.build(loader)
+            pipeline = remove_transform(pipeline, loader['type'])
         self.pipeline = Compose([TRANSFORMS.build(t) for t in pipeline])
 
     @property
@@ -444,6 +452,8 @@ class MultiTaskInferencer:
 
     def _load(self, image) -> dict:
         from mmcv.image import imread
+        if isinstance(image, str) and self.loader is not None:
+            return self.loader(dict(img_path=image))
         img = imread(image) if isinstance(image, str) else image
         if img is None:
             raise ValueError(f'Failed to read image {image}.')

@@ -190,6 +190,34 @@ def test_inferencer_matches_mmpretrain_preprocessing(setup, tmp_path):
                                        rtol=1e-5, atol=1e-6)
 
 
+def test_inferencer_decodes_paths_with_the_config_loader(setup, tmp_path):
+    """The recipe configs load with LoadImageFromFilePIL (the release's PIL
+    decoding, EXIF orientation ignored): the inferencer reads paths with the
+    config's own loader, so it sees the pixels training and testing saw."""
+    from PIL import Image
+    pil_pipeline = [dict(type='LoadImageFromFilePIL')] + PIPELINE[1:]
+    config = tmp_path / 'pil_cfg.py'
+    config.write_text(
+        'default_scope = "mmpretrain"\n'
+        f'model = dict(type="ImageClassifier", backbone={BACKBONE!r})\n'
+        f'data_preprocessor = {PREPROCESSOR!r}\n'
+        f'test_dataloader = dict(dataset=dict(pipeline={pil_pipeline!r}))\n')
+    pixels = np.random.default_rng(1).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees on display
+    path = str(tmp_path / 'rotated.jpg')
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+
+    inferencer = MultiTaskInferencer(str(config), setup['backbone_file'], setup['files'])
+    scores = inferencer.predict_scores([path])
+    pipeline = Compose([TRANSFORMS.build(t) for t in pil_pipeline])
+    model = setup['models']['dogs']
+    batch = default_collate([pipeline(dict(img_path=path))])
+    with torch.no_grad():
+        expected = model(model.data_preprocessor(batch, False)['inputs']).softmax(-1)
+    torch.testing.assert_close(scores['dogs'], expected, rtol=1e-5, atol=1e-6)
+
+
 def load_tool(name, path):
     spec = importlib.util.spec_from_file_location(name, osp.join(REPO, path))
     module = importlib.util.module_from_spec(spec)
