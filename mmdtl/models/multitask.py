@@ -34,9 +34,9 @@ from .frozen_linear import packed_linears
 from .side_network import build_side_network
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
-# Backbone settings that change the output without changing tensor shapes.
 # Loading transforms of a test pipeline (the inferencer reads paths with them).
 _LOADING_TRANSFORMS = ('LoadImageFromFile', 'LoadImageFromFilePIL')
+# Backbone settings that change the output without changing tensor shapes.
 _OUTPUT_KEYS = ('out_type', 'final_norm', 'with_cls_token', 'out_after_downsample')
 
 
