@@ -32,7 +32,12 @@ import torch
 import torch.nn as nn
 from mmengine.model import is_model_wrapper
 
-from mmdtl.utils.checkpoint import safe_torch_load, save_checkpoint_atomic
+from mmdtl.utils.checkpoint import (
+    is_unreadable_error,
+    safe_torch_load,
+    save_checkpoint_atomic,
+    unreadable_checkpoint,
+)
 
 TASK_FILE_FORMAT = 'mmdtl-task'
 TASK_FILE_VERSION = 1
@@ -298,8 +303,12 @@ def read_task_file(path: str) -> dict:
     try:
         content = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
+        if is_unreadable_error(e, path):  # empty or cut short: one line naming it
+            raise unreadable_checkpoint(path, e) from None
+        reason = (str(e).split('WeightsUnpickler error:', 1)[-1].strip().splitlines()
+                  or [''])[0]
         raise ValueError(f'{path} is not a task file: it does not load with '
-                         f'weights_only=True ({type(e).__name__}: {e}).') from None
+                         f'weights_only=True ({type(e).__name__}: {reason}).') from None
     if not isinstance(content, dict) or content.get('format') != TASK_FILE_FORMAT:
         raise ValueError(f'{path} is not a task file (no format={TASK_FILE_FORMAT!r}); '
                          f'make one with tools/extract_task_weights.py.')

@@ -50,7 +50,7 @@ from .trunk_keys import remember_checkpoint
 
 __all__ = [
     'SAFE_GLOBAL_NAMES', 'UnsafeCheckpointError', 'UnreadableCheckpointError',
-    'register_safe_globals', 'safe_torch_load', 'unreadable_checkpoint',
+    'register_safe_globals', 'safe_torch_load', 'unreadable_checkpoint', 'is_unreadable_error',
     'load_from_local_safe', 'save_checkpoint_atomic', 'AtomicCheckpointHook'
 ]
 
@@ -239,7 +239,9 @@ _UNREADABLE = re.compile(r'PytorchStreamReader|inline_container|unexpected EOF|c
                          r'magic number|zip archive|central directory|hasRecord')
 
 
-def _is_unreadable(error: BaseException, file: Any = None) -> bool:
+def is_unreadable_error(error: BaseException, file: Any = None) -> bool:
+    """Whether ``torch.load`` failed because ``file`` is empty, cut short or
+    not a torch checkpoint (rather than refusing a global)."""
     if isinstance(error, (EOFError, KeyError, UnicodeDecodeError)):
         return True
     if isinstance(file, (str, os.PathLike)) and osp.isfile(file):
@@ -297,7 +299,7 @@ def safe_torch_load(file: Any,
         # Explicit True: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot override it.
         obj = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as e:
-        if _is_unreadable(e, file):
+        if is_unreadable_error(e, file):
             raise unreadable_checkpoint(source or file, e) from None
         if isinstance(e, pickle.UnpicklingError):
             raise _refusal(source or file, e) from None
@@ -338,7 +340,7 @@ def _with_clear_refusal(loader: Callable) -> Callable:
         except (UnsafeCheckpointError, UnreadableCheckpointError):
             raise
         except Exception as e:
-            if _is_unreadable(e, filename):
+            if is_unreadable_error(e, filename):
                 raise unreadable_checkpoint(filename, e) from None
             if isinstance(e, pickle.UnpicklingError):
                 raise _refusal(filename, e) from None

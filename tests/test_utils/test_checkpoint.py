@@ -245,3 +245,15 @@ def test_atomic_checkpoint_hook_survives_interrupted_save(tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['epoch_2.pth']
     assert osp.basename((tmp_path / 'last_checkpoint').read_text()) == 'epoch_2.pth'
     assert _load_checkpoint(str(tmp_path / 'epoch_2.pth'))['meta']['epoch'] == 2
+
+
+def test_unreadable_task_file_is_one_line_naming_it(tmp_path):
+    from mmdtl.engine import read_task_file
+    from mmdtl.utils import UnreadableCheckpointError
+    path = tmp_path / 'task_final.pth'
+    torch.save(dict(format='mmdtl-task', csn_state={'w': torch.zeros(512)}), path)
+    path.write_bytes(path.read_bytes()[:400])  # an interrupted copy
+    with pytest.raises(UnreadableCheckpointError) as info:
+        read_task_file(str(path))
+    msg = str(info.value)
+    assert msg.startswith(f'Cannot read checkpoint {path}: it is truncated') and '\n' not in msg
