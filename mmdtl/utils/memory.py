@@ -1,7 +1,16 @@
-"""Measure what autograd keeps for backward: the activation memory of a step."""
-from typing import Callable, Iterable
+"""Measure what autograd keeps for backward and the tensor peak of a step,
+for real (CPU profiler) or without running the math (fake tensors)."""
+import contextlib
+import weakref
+from typing import Callable, Dict, Iterable, Iterator, List, Optional
 
 import torch
+
+
+def _storage_key(tensor: torch.Tensor) -> int:
+    # The storage's C++ object: unique while alive, for real and fake tensors
+    # (a fake tensor's data_ptr is meaningless).
+    return tensor.untyped_storage()._cdata
 
 
 class SavedTensorMeter:
@@ -17,15 +26,14 @@ class SavedTensorMeter:
     """
 
     def __init__(self, exclude: Iterable[torch.Tensor] = ()):
-        self._excluded = {t.untyped_storage().data_ptr() for t in exclude}
+        self._excluded = {_storage_key(t) for t in exclude}
         self.storages = {}
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in self._excluded:
-            self.storages[ptr] = storage.nbytes()
+        key = _storage_key(tensor)
+        if key not in self._excluded:
+            self.storages[key] = tensor.untyped_storage().nbytes()
         return tensor
 
     @staticmethod
@@ -54,12 +62,21 @@ def saved_activation_bytes(model: torch.nn.Module, step: Callable[[], torch.Tens
     return meter.bytes
 
 
-def _unique_storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    storages = {}
-    for tensor in tensors:
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-    return sum(storages.values())
+def unique_storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the storages of ``tensors``, each storage counted once."""
+    return sum({_storage_key(t): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
+def training_state(model: torch.nn.Module,
+                   optimizer: Optional[torch.optim.Optimizer] = None) -> List[torch.Tensor]:
+    """The tensors that live across training steps: parameters, buffers,
+    gradients left by the last step and the optimizer state."""
+    tensors = [*model.parameters(), *model.buffers()]
+    tensors += [p.grad for p in model.parameters() if p.grad is not None]
+    if optimizer is not None:
+        tensors += [v for state in optimizer.state.values() for v in state.values()
+                    if torch.is_tensor(v)]
+    return tensors
 
 
 def cpu_step_peak_bytes(step: Callable[[], object], live: Iterable[torch.Tensor]) -> int:
@@ -76,11 +93,12 @@ def cpu_step_peak_bytes(step: Callable[[], object], live: Iterable[torch.Tensor]
     Args:
         step (Callable): One training step on CPU tensors.
         live (Iterable[Tensor]): The tensors that exist before the step
-            and stay alive through it.
+            (see :func:`training_state`); those the step frees, such as the
+            last step's gradients, must be among them.
     """
     from torch.profiler import ProfilerActivity, profile
 
-    base = _unique_storage_bytes(live)
+    base = unique_storage_bytes(live)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     cpu = torch._C._autograd.DeviceType.CPU
@@ -91,3 +109,88 @@ def cpu_step_peak_bytes(step: Callable[[], object], live: Iterable[torch.Tensor]
         current += nbytes
         peak = max(peak, current)
     return base + peak
+
+
+class StorageMemoryTracker(torch.utils._python_dispatch.TorchDispatchMode):
+    """Bytes of the tensor storages that ops create while it is active, now
+    and at the peak: what an allocator would count, for real tensors or for
+    fake ones (:func:`fake_tensors`), which have sizes but no data.
+
+    Every new output storage counts from its creation until it is freed
+    (a weak reference tells). Outputs that share an input's storage (views,
+    in-place results, also of tensors made before tracking) add nothing.
+    Memory that kernels use internally without returning it (library
+    workspaces) is not seen.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.current = self.peak = 0
+        self._alive: Dict[int, weakref.ref] = {}
+
+    def _freed(self, key: int, nbytes: int, _ref=None) -> None:
+        if self._alive.pop(key, None) is not None:
+            self.current -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {_storage_key(t) for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor)}
+        for tensor in torch.utils._pytree.tree_leaves(out):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            key = storage._cdata
+            if key in self._alive or key in inputs:
+                continue
+            nbytes = storage.nbytes()
+            callback = lambda ref, key=key, nbytes=nbytes: self._freed(key, nbytes)  # noqa: E731
+            self._alive[key] = weakref.ref(storage, callback)
+            self.current += nbytes
+            self.peak = max(self.peak, self.current)
+        return out
+
+
+def tracked_step_peak_bytes(step: Callable[[], object], live: Iterable[torch.Tensor]) -> int:
+    """Peak bytes of live tensors while ``step()`` runs, counted by
+    :class:`StorageMemoryTracker`: the same quantity as
+    :func:`cpu_step_peak_bytes`, on any device and on fake tensors, where
+    nothing is computed or allocated (an estimate of a step too large to run).
+
+    Args:
+        step (Callable): One training step.
+        live (Iterable[Tensor]): The tensors that exist before the step (see
+            :func:`training_state`).
+    """
+    base = unique_storage_bytes(live)
+    with StorageMemoryTracker() as tracker:
+        step()
+    return base + tracker.peak
+
+
+class _RealScalarsMode(torch.overrides.TorchFunctionMode):
+    """Under fake tensors, computes ``torch.linspace`` and everything derived
+    from it for real: constructors read schedules (e.g. Swin's drop-path
+    rates) as Python numbers, which a fake tensor does not have."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+        kwargs = kwargs or {}
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                   if isinstance(t, torch.Tensor)]
+        if func is torch.linspace or (tensors and not any(isinstance(t, FakeTensor)
+                                                          for t in tensors)):
+            with unset_fake_temporarily():
+                return func(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def fake_tensors() -> Iterator[None]:
+    """Build models and run steps on fake tensors: shapes, dtypes, devices and
+    autograd as for real, no data and no memory (PyTorch's FakeTensorMode).
+    A 1B-parameter backbone is built and stepped in seconds; measure it with
+    :class:`StorageMemoryTracker` and :class:`SavedTensorMeter`."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode(), _RealScalarsMode():
+        yield

@@ -1,7 +1,10 @@
 """tools/analysis/benchmark.py runs end to end and writes its table and plot."""
 import csv
+import importlib.util
 import subprocess
 import sys
+
+import pytest
 
 
 def test_benchmark_tool_tiny(tmp_path, repo_root):
@@ -31,3 +34,57 @@ def test_benchmark_tool_tiny(tmp_path, repo_root):
     assert int(rows['linear']['trainable_backbone']) == 0
     assert (tmp_path / 'benchmark.md').read_text().count('|') > 20
     assert (tmp_path / 'benchmark.png').stat().st_size > 5000
+
+
+def load_benchmark(repo_root):
+    spec = importlib.util.spec_from_file_location(
+        'mmdtl_benchmark', repo_root / 'tools' / 'analysis' / 'benchmark.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_zoo_arch_with_its_scaled_recipe(repo_root):
+    bench = load_benchmark(repo_root)
+    names = bench.arch_names()
+    for name in ('vit-s', 'vit-b', 'vit-l', 'vit-h', 'vit-eva-g', 'vit-dinov2-g',
+                 'vit-deit-t', 'vit-dinov2-small', 'swin-t', 'swin-s', 'swin-b', 'swin-large'):
+        assert name in names, name
+    # The released recipes where they exist; the others scaled to the depth.
+    assert bench.arch_entry('vit-b')[1] == dict(rank=2, taps=list(range(12)), start=6,
+                                                kernel=3)
+    assert bench.arch_entry('swin-b')[1] == bench.ARCHS['swin-b'][1]
+    backbone, recipe = bench.arch_entry('vit-dinov2-g')
+    assert backbone['patch_size'] == 14 and recipe['start'] == 20
+    assert recipe['taps'] == list(range(40))
+    backbone, recipe = bench.arch_entry('swin-t')  # depths 2, 2, 6, 2
+    assert recipe['taps'] == list(range(4, 12)) and recipe['start'] == 7
+    with pytest.raises(ValueError, match="--arch 'vit-x' is not known"):
+        bench.arch_entry('vit-x')
+
+
+def test_benchmark_takes_a_config(tmp_path, repo_root):
+    config = tmp_path / 'tiny_dtl.py'
+    config.write_text(
+        "model = dict(type='ImageClassifier', backbone=dict(\n"
+        "    type='DTLViT', img_size=32, patch_size=8, drop_path_rate=0.1,\n"
+        "    arch=dict(embed_dims=32, num_layers=4, num_heads=2, feedforward_channels=64),\n"
+        "    csn=dict(type='CompactSideNetwork', rank=3, start=1, dwconv_kernel=5),\n"
+        "    init_cfg=dict(type='Pretrained', checkpoint='missing.pth')))\n")
+    bench = load_benchmark(repo_root)
+    backbone, recipe = bench.config_entry(str(config))
+    assert backbone['type'] == 'VisionTransformer' and 'init_cfg' not in backbone
+    assert recipe == dict(rank=3, taps=None, start=1, kernel=5)
+    out = subprocess.run(
+        [sys.executable, 'tools/analysis/benchmark.py', str(config), '--methods', 'dtl+',
+         'dtl+_half', '--batch-size', '2', '--img-size', '32', '--warmup', '0', '--repeats',
+         '1', '--device', 'cpu', '--cpu-bf16', '--work-dir', str(tmp_path)],
+        cwd=repo_root, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {r['method']: r for r in csv.DictReader(open(tmp_path / 'benchmark.csv'))}
+    # 4 taps x 2 x 3 x 32 + one 5x5 depthwise conv over 32 channels
+    assert int(rows['dtl+']['trainable_backbone']) == 4 * 2 * 3 * 32 + 25 * 32
+    # Half-stored frozen weights: less memory in the same bf16 step.
+    assert float(rows['dtl+_half']['tensor_peak_mb']) < float(rows['dtl+']['tensor_peak_mb'])
+    assert '# Fine-tuning memory and speed: tiny_dtl, 32px' in \
+        (tmp_path / 'benchmark.md').read_text()

@@ -23,14 +23,23 @@ same inputs it measures:
 - with ``--epoch-batches N``, the time of two passes over N new batches, as
   epochs 1 and 2 of training: the prefix cache fills during the first.
 
+The backbone is ``--arch`` (``vit-<arch>`` or ``swin-<arch>`` for every arch
+of mmpretrain's ``VisionTransformer``/``SwinTransformer`` zoo, with the DTL
+recipe scaled to its depth, see :func:`arch_entry`) or the ``model.backbone``
+and side network of a config file. The ``*_half`` methods store the frozen
+weights in the AMP dtype (``frozen_weights_dtype``: fp16 on a GPU, bf16 with
+``--cpu-bf16``).
+
 It writes ``benchmark.md``, ``benchmark.csv`` and ``benchmark.png`` (memory vs
 trainable parameters, one marker per method, as in the paper's Figure 1)
-under ``--work-dir``.
+under ``--work-dir``. ``tools/analysis/memory_scaling.py`` estimates the
+memory of the same steps for backbones too large to run.
 
 Example::
 
     python tools/analysis/benchmark.py --arch vit-b --batch-size 4
     python tools/analysis/benchmark.py --arch vit-b --batch-size 32 --device cuda
+    python tools/analysis/benchmark.py configs/dtl/vit-b_vtab-cifar.py --methods full dtl+
 """
 import argparse
 import csv
@@ -58,9 +67,84 @@ ARCHS = {
 }
 METHODS = ['full', 'linear', 'lora', 'dtl', 'dtl+', 'dtl+ckpt', 'dtl+cache', 'dtl+packed',
            'dtl+cache+packed']
+# Frozen weights stored in the AMP dtype (not in the default list).
+HALF_METHODS = ['dtl_half', 'dtl+_half', 'dtl+ckpt_half']
+# Backbone options that only DTL backbones have: dropped to build the parent.
+_DTL_ONLY = ('csn', 'freeze_backbone', 'checkpoint_suffix', 'prefix_cache',
+             'pack_frozen_weights', 'frozen_weights_dtype', 'allow_random_trunk',
+             'allow_partial_trunk', 'init_cfg')
 COLUMNS = ['method', 'trainable_backbone', 'trainable_total', 'activation_mb',
            'activation_vs_full', 'peak_mb', 'peak_kind', 'tensor_peak_mb', 'step_ms',
            'step_vs_full', 'epoch1_s', 'epoch2_s', 'infer_img_s']
+
+
+def _zoos() -> dict:
+    from mmpretrain.models.backbones import SwinTransformer, VisionTransformer
+    return {'vit': VisionTransformer.arch_zoo, 'swin': SwinTransformer.arch_zoo}
+
+
+def arch_names() -> list:
+    """Every ``--arch``: the entries of :data:`ARCHS` and ``vit-``/``swin-``
+    plus each arch name (aliases included) of mmpretrain's zoos."""
+    return sorted(set(ARCHS) | {f'{kind}-{name}' for kind, zoo in _zoos().items()
+                                for name in zoo})
+
+
+def arch_entry(arch: str) -> tuple:
+    """(backbone cfg, DTL recipe) of an ``--arch``.
+
+    Zoo archs get the released recipes scaled to their depth: ViT rank 2,
+    taps at every block, ``M`` = half the depth, 3x3 DWConv (ViT-B: the
+    released ``M=6``); Swin rank 4, taps from the third stage on, ``M`` 5/9
+    into it, 5x5 DWConv (Swin-B: the released taps 4-23, ``M=14``). Patch size
+    14 for the archs pre-trained that way (ViT-H, EVA-g, DINOv2), else 16.
+    """
+    if arch in ARCHS:
+        return ARCHS[arch]
+    kind, _, name = arch.partition('-')
+    zoo = _zoos().get(kind, {})
+    if name not in zoo:
+        raise ValueError(f'--arch {arch!r} is not known; choose from {arch_names()}')
+    settings = zoo[name]
+    if kind == 'vit':
+        depth = settings['num_layers']
+        patch = 14 if settings['embed_dims'] in (1280, 1408, 1536) or 'dinov2' in name else 16
+        return (dict(type='VisionTransformer', arch=name, img_size=224, patch_size=patch),
+                dict(rank=2, taps=list(range(depth)), start=depth // 2, kernel=3))
+    first = sum(settings['depths'][:2])
+    third = settings['depths'][2]
+    return (dict(type='SwinTransformer', arch=name, img_size=224),
+            dict(rank=4, taps=list(range(first, sum(settings['depths']))),
+                 start=first + round(third * 5 / 9), kernel=5))
+
+
+def config_entry(path: str) -> tuple:
+    """(backbone cfg, DTL recipe) of a config file's ``model.backbone``: its
+    parent backbone and, for a DTL backbone, its side network's recipe (else
+    the recipe of the matching ``--arch``). Checkpoints are not loaded:
+    memory and speed do not depend on weight values."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(path)
+    backbone = cfg.get('model', {}).get('backbone')
+    if backbone is None:
+        raise ValueError(f'{path}: no model.backbone in this config')
+    backbone = backbone.to_dict()
+    kind = backbone['type'].split('.')[-1]
+    parents = dict(DTLViT='VisionTransformer', DTLSwin='SwinTransformer')
+    if kind not in (*parents, *parents.values()):
+        raise ValueError(f'{path}: model.backbone.type={backbone["type"]!r}; the benchmark '
+                         f'needs a ViT or Swin backbone (DTLViT, DTLSwin or their parents)')
+    csn = backbone.get('csn') or {}
+    parent = dict(type=parents.get(kind, kind),
+                  **{k: v for k, v in backbone.items() if k not in (*_DTL_ONLY, 'type')})
+    if csn:
+        recipe = dict(rank=csn.get('rank', 2), taps=csn.get('taps'),
+                      start=csn.get('start', 6), kernel=csn.get('dwconv_kernel', 3))
+    else:
+        prefix = 'vit' if parent['type'] == 'VisionTransformer' else 'swin'
+        recipe = arch_entry(f'{prefix}-{parent.get("arch", "base")}')[1]
+    return parent, recipe
 
 
 class Classifier(torch.nn.Module):
@@ -81,13 +165,18 @@ class Classifier(torch.nn.Module):
         return self.head(self.features(images))
 
 
-def build_model(arch: str, method: str, num_classes: int, img_size: int) -> Classifier:
+def build_model(arch, method: str, num_classes: int, img_size: int,
+                half_dtype: str = 'bfloat16') -> Classifier:
+    """``arch``: an ``--arch`` name or a (backbone cfg, recipe) pair;
+    ``half_dtype``: the storage dtype of the ``*_half`` methods."""
     from mmpretrain.registry import MODELS
 
     import mmdtl  # noqa: F401  (registers DTL backbones)
 
-    backbone, recipe = ARCHS[arch]
+    backbone, recipe = arch_entry(arch) if isinstance(arch, str) else arch
     backbone = dict(backbone)
+    half = method.endswith('_half')
+    method = method[:-len('_half')] if half else method
     is_swin = backbone['type'] == 'SwinTransformer'
     if not is_swin:
         backbone.update(out_type='avg_featmap', final_norm=False)
@@ -101,6 +190,8 @@ def build_model(arch: str, method: str, num_classes: int, img_size: int) -> Clas
             start=recipe['start'], dwconv_kernel=0 if method == 'dtl' else recipe['kernel'])
         if method == 'dtl+ckpt':
             backbone['checkpoint_suffix'] = True
+        if half:
+            backbone['frozen_weights_dtype'] = half_dtype
         if method.endswith('+packed'):
             backbone['pack_frozen_weights'] = True
         if method.startswith('dtl+cache'):
@@ -108,8 +199,9 @@ def build_model(arch: str, method: str, num_classes: int, img_size: int) -> Clas
             # is 0.1). Warm cache: the first (activation-measuring) step fills it.
             backbone['drop_path_rate'] = 0.
             backbone['prefix_cache'] = dict(storage='device')
-    elif method not in ('full', 'linear'):
-        raise ValueError(f'--methods: unknown method {method!r}; choose from {METHODS}')
+    elif method not in ('full', 'linear') or half:
+        raise ValueError(f'--methods: unknown method {method!r}; choose from '
+                         f'{METHODS + HALF_METHODS}')
     backbone = MODELS.build(backbone)
     if method == 'linear':
         backbone.requires_grad_(False)
@@ -119,8 +211,41 @@ def build_model(arch: str, method: str, num_classes: int, img_size: int) -> Clas
 def measure(args, method: str) -> dict:
     """All figures of one method, measured in this process."""
     torch.manual_seed(0)
-    model = build_model(args.arch, method, args.num_classes, args.img_size)
+    half_dtype = 'float16' if args.device.startswith('cuda') and args.amp else 'bfloat16'
+    model = build_model(resolve_arch(args), method, args.num_classes, args.img_size, half_dtype)
     return dict(method=method, **profile(model, model.backbone.parameters(), args))
+
+
+def resolve_arch(args) -> tuple:
+    """(backbone cfg, recipe) of ``args``: the config file's, else ``--arch``'s."""
+    return config_entry(args.config) if getattr(args, 'config', None) else arch_entry(args.arch)
+
+
+def make_train_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                    amp: bool, foreach=None) -> tuple:
+    """``(loss_fn, train_step, optimizer)`` of the benchmarked step: AMP
+    (fp16 on a GPU, bf16 on CPU) when ``amp``, cross-entropy, backward,
+    AdamW on the trainable parameters (``foreach`` as ``torch.optim.AdamW``:
+    by default multi-tensor on a GPU, per tensor on CPU)."""
+    device_type = images.device.type
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, foreach=foreach)
+    amp_dtype = torch.float16 if device_type == 'cuda' else torch.bfloat16
+
+    def loss_fn(images=images, labels=labels):
+        with torch.autocast(device_type, enabled=amp, dtype=amp_dtype):
+            return torch.nn.functional.cross_entropy(model(images), labels)
+
+    # Loss scaling is for fp16 gradients only.
+    scaler = torch.amp.GradScaler(device_type, enabled=amp and amp_dtype == torch.float16)
+
+    def train_step(images=images, labels=labels):
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss_fn(images, labels)).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return loss_fn, train_step, optimizer
 
 
 def profile(model: torch.nn.Module, backbone_params, args) -> dict:
@@ -134,22 +259,10 @@ def profile(model: torch.nn.Module, backbone_params, args) -> dict:
     trainable = [p for p in model.parameters() if p.requires_grad]
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
     labels = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
-    amp = args.amp and device.type == 'cuda' or args.cpu_bf16 and device.type == 'cpu'
+    amp = args.amp and device.type == 'cuda' or \
+        getattr(args, 'cpu_bf16', False) and device.type == 'cpu'
     amp_dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
-
-    def loss_fn(images=images, labels=labels):
-        with torch.autocast(device.type, enabled=amp, dtype=amp_dtype):
-            return torch.nn.functional.cross_entropy(model(images), labels)
-
-    # Loss scaling is for fp16 gradients only.
-    scaler = torch.amp.GradScaler(enabled=amp and amp_dtype == torch.float16)
-
-    def train_step(images=images, labels=labels):
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss_fn(images, labels)).backward()
-        scaler.step(optimizer)
-        scaler.update()
+    loss_fn, train_step, optimizer = make_train_step(model, images, labels, amp)
 
     def timed(fn) -> float:
         return median_seconds(fn, device, args.warmup, args.repeats)
@@ -192,13 +305,12 @@ def profile(model: torch.nn.Module, backbone_params, args) -> dict:
 def cpu_tensor_peak_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                           train_step, inputs: list) -> int:
     """Peak tensor bytes of one more ``train_step`` on CPU, counting what
-    lives across steps: parameters, buffers, optimizer state, the inputs,
-    features in a prefix cache and packed frozen weights."""
-    from mmdtl.utils import cpu_step_peak_bytes
+    lives across steps: parameters, buffers, the last step's gradients (the
+    step frees them), optimizer state, the inputs, features in a prefix cache
+    and packed frozen weights."""
+    from mmdtl.utils.memory import cpu_step_peak_bytes, training_state
 
-    live = [*model.parameters(), *model.buffers(), *inputs]
-    live += [v for state in optimizer.state.values() for v in state.values()
-             if torch.is_tensor(v)]
+    live = training_state(model, optimizer) + list(inputs)
     held = 0  # stores outside the parameters
     for module in model.modules():
         for store in (getattr(module, 'prefix_cache', None),
@@ -210,7 +322,8 @@ def cpu_tensor_peak_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimiz
 def run_isolated(args, method: str) -> dict:
     """Run one method in a fresh process so CPU peak RSS is its own."""
     cmd = [sys.executable, os.path.abspath(__file__), '--single', method,
-           '--arch', args.arch, '--batch-size', str(args.batch_size),
+           *([args.config] if args.config else []), '--arch', args.arch,
+           '--batch-size', str(args.batch_size),
            '--img-size', str(args.img_size), '--num-classes', str(args.num_classes),
            '--device', args.device, '--warmup', str(args.warmup),
            '--repeats', str(args.repeats), '--epoch-batches', str(args.epoch_batches)]
@@ -244,7 +357,8 @@ def write_outputs(args, rows: list) -> dict:
     work_dir.mkdir(parents=True, exist_ok=True)
     precision = (' + AMP (fp16)' if args.amp and args.device.startswith('cuda') else
                  ' + bf16 autocast' if args.cpu_bf16 and args.device == 'cpu' else ', fp32')
-    title = f'{args.arch}, {args.img_size}px, batch {args.batch_size}, {args.device}{precision}'
+    name = Path(args.config).stem if args.config else args.arch
+    title = f'{name}, {args.img_size}px, batch {args.batch_size}, {args.device}{precision}'
     lines = [f'# Fine-tuning memory and speed: {title}', '',
              '| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
     lines += ['| ' + ' | '.join(fmt(r[c]) for c in COLUMNS) + ' |' for r in rows]
@@ -307,12 +421,21 @@ def check_profile_args(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--arch', default='vit-b', choices=sorted(ARCHS))
-    parser.add_argument('--methods', nargs='+', default=METHODS, choices=METHODS)
+    parser.add_argument('config', nargs='?',
+                        help='a config file: benchmark its model.backbone and side network '
+                             '(instead of --arch)')
+    parser.add_argument('--arch', default='vit-b',
+                        help='vit-<arch> or swin-<arch> of mmpretrain\'s zoo (e.g. vit-l, '
+                             'vit-dinov2-g, swin-t) or vit-tiny-test')
+    parser.add_argument('--methods', nargs='+', default=METHODS, choices=METHODS + HALF_METHODS)
     add_profile_args(parser)
     parser.add_argument('--work-dir', default='work_dirs/benchmark')
     parser.add_argument('--single', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.config is None and args.arch not in arch_names():
+        parser.error(f'--arch {args.arch!r} is not known; choose from {arch_names()}')
+    if args.config is not None and not os.path.isfile(args.config):
+        parser.error(f'config file {args.config} does not exist')
     check_profile_args(parser, args)
     return args
 
@@ -324,7 +447,7 @@ def main(argv=None):
         return
     rows = []
     for i, method in enumerate(args.methods, 1):
-        print(f'[{i}/{len(args.methods)}] {args.arch} {method} ...', flush=True)
+        print(f'[{i}/{len(args.methods)}] {args.config or args.arch} {method} ...', flush=True)
         row = run_isolated(args, method)
         rows.append(row)
         print(f'    trainable {row["trainable_backbone"]:,}  activations '

@@ -1,0 +1,308 @@
+"""How the memory of a fine-tuning step scales with the backbone, estimated
+without running it.
+
+For every backbone (``--archs``, any ``--arch`` of ``benchmark.py``: ViT-S to
+DINOv2-g, Swin-T to Swin-L) and method (``--methods``, those of
+``benchmark.py``: full, LoRA, DTL, DTL+, DTL+ with the suffix checkpointed,
+and the DTL variants with frozen weights stored in half precision,
+``*_half``), it builds ``benchmark.py``'s classifier and training step on
+*fake tensors* (PyTorch's FakeTensorMode: shapes, dtypes and autograd as for
+real, no data, no memory, no math) and counts, for one AMP step at
+``--batch-size``:
+
+- ``weights_mb``: parameters and buffers as stored;
+- ``grads_mb``: gradients of the trainable parameters;
+- ``optimizer_mb``: AdamW state;
+- ``activations_mb``: tensors saved for backward (storage-deduplicated,
+  parameters excluded);
+- ``peak_mb``: the step's peak of live tensors, the quantity
+  ``torch.cuda.max_memory_allocated`` reports: what lives across steps plus
+  the peak of what the step allocates and frees, traced op by op.
+
+The step is ``benchmark.py``'s: bf16 autocast (as many bytes per element as
+the GPU recipe's fp16 AMP; half-stored weights in bf16), cross-entropy,
+backward, AdamW with multi-tensor updates (a GPU's default). Not counted:
+CUDA library workspaces (cuBLAS, cuDNN) and the caching allocator's rounding
+and fragmentation, which ``max_memory_allocated`` does not count either,
+except rounding (to 512 bytes per tensor).
+
+**Validation.** Before the estimates, the same step runs for real on CPU for
+``--validate`` archs (ViT-S and ViT-B) at ``--validate-batch-size``, and its
+tensor peak is measured by the CPU profiler (``cpu_step_peak_bytes``, an
+independent count: the allocator's trace). The relative error of every
+estimate is printed; above ``--tolerance`` (5 %) the tool fails.
+
+Writes ``memory_scaling.md`` (validation, table, goals), ``memory_scaling.csv``
+and ``memory_scaling.png`` (peak vs backbone parameters, one line per method,
+horizontal lines at 8, 16, 24 and 80 GB) under ``--work-dir``.
+MB = 2**20 bytes, GB = 2**30 bytes.
+
+Example::
+
+    python tools/analysis/memory_scaling.py
+    python tools/analysis/memory_scaling.py --archs vit-b vit-dinov2-g --methods full dtl+
+"""
+import argparse
+import contextlib
+import csv
+import importlib.util
+import io
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ARCHS = ['vit-s', 'vit-b', 'vit-l', 'vit-h', 'vit-eva-g', 'vit-dinov2-g',
+         'swin-t', 'swin-s', 'swin-b', 'swin-l']
+METHODS = ['full', 'lora', 'dtl', 'dtl+', 'dtl+ckpt', 'dtl_half', 'dtl+_half', 'dtl+ckpt_half']
+VALIDATE_METHODS = ['full', 'dtl+', 'dtl+ckpt', 'dtl+_half', 'dtl+ckpt_half']
+COLUMNS = ['arch', 'method', 'backbone_params', 'trainable', 'weights_mb', 'grads_mb',
+           'optimizer_mb', 'activations_mb', 'peak_mb', 'peak_gb']
+GPU_SIZES_GB = (8, 16, 24, 80)
+# (arch, method, goal, bound in GB): the issue's goals, checked in the report.
+GOALS = [('vit-b', 'dtl+', '<=', 1.0), ('vit-b', 'dtl+_half', '<=', 1.0),
+         ('vit-dinov2-g', 'dtl+ckpt_half', '<=', 4.0),
+         ('vit-dinov2-g', 'full', '>=', 30.0)]
+MB = 2**20
+
+
+def load_benchmark():
+    """``tools/analysis/benchmark.py``, whose models and step are measured."""
+    spec = importlib.util.spec_from_file_location('mmdtl_benchmark', HERE / 'benchmark.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def arch_recipe(bench, arch: str, csn_start=None, csn_taps_from=None) -> tuple:
+    """``benchmark.py``'s (backbone cfg, DTL recipe) of ``arch``, with the
+    side network's ``M`` and first tap overridden if given."""
+    backbone, recipe = bench.arch_entry(arch)
+    recipe = dict(recipe)
+    if csn_start is not None:
+        recipe['start'] = csn_start
+    if csn_taps_from is not None:
+        recipe['taps'] = [t for t in recipe['taps'] if t >= csn_taps_from]
+    return backbone, recipe
+
+
+def step_memory(bench, arch, method: str, batch_size: int, img_size: int,
+                num_classes: int, fake: bool) -> dict:
+    """The memory budget of one training step of ``arch`` (a name or a
+    (backbone cfg, recipe) pair) and ``method``: on fake tensors (estimated,
+    nothing computed) or for real on CPU (the peak measured by the profiler;
+    activations not measured, to save time)."""
+    from mmdtl.utils.memory import (
+        cpu_step_peak_bytes,
+        fake_tensors,
+        saved_activation_bytes,
+        tracked_step_peak_bytes,
+        training_state,
+        unique_storage_bytes,
+    )
+
+    with fake_tensors() if fake else contextlib.nullcontext():
+        torch.manual_seed(0)
+        model = bench.build_model(arch, method, num_classes, img_size, 'bfloat16').train()
+        images = torch.randn(batch_size, 3, img_size, img_size)
+        labels = torch.randint(0, num_classes, (batch_size,))
+        loss_fn, train_step, optimizer = bench.make_train_step(
+            model, images, labels, amp=True, foreach=True)
+        row = dict(arch=arch if isinstance(arch, str) else None, method=method,
+                   backbone_params=sum(p.numel() for p in model.backbone.parameters()),
+                   trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
+        row['activations_mb'] = saved_activation_bytes(model, loss_fn) / MB if fake else None
+        train_step()  # gradients and optimizer state exist, as in every later step
+        live = training_state(model, optimizer) + [images, labels]
+        peak = tracked_step_peak_bytes if fake else cpu_step_peak_bytes
+        row['peak_mb'] = peak(train_step, live) / MB
+        row['weights_mb'] = unique_storage_bytes([*model.parameters(), *model.buffers()]) / MB
+        row['grads_mb'] = unique_storage_bytes(
+            p.grad for p in model.parameters() if p.grad is not None) / MB
+        row['optimizer_mb'] = unique_storage_bytes(
+            v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)) / MB
+    row['peak_gb'] = row['peak_mb'] / 1024
+    return row
+
+
+def validate(bench, args) -> list:
+    rows = []
+    for arch in args.validate:
+        for method in args.validate_methods:
+            sizes = (recipe_of(bench, args, arch), method, args.validate_batch_size,
+                     args.img_size, args.num_classes)
+            tic = time.perf_counter()
+            estimate = step_memory(bench, *sizes, fake=True)
+            measured = step_memory(bench, *sizes, fake=False)
+            error = estimate['peak_mb'] / measured['peak_mb'] - 1
+            rows.append(dict(arch=arch, method=method, batch=args.validate_batch_size,
+                             estimated_mb=estimate['peak_mb'], measured_mb=measured['peak_mb'],
+                             error=error))
+            print(f'  validate {arch} {method} batch {args.validate_batch_size}: estimated '
+                  f'{estimate["peak_mb"]:.1f} MB, measured {measured["peak_mb"]:.1f} MB, '
+                  f'error {100 * error:+.2f} % ({time.perf_counter() - tic:.0f} s)', flush=True)
+    return rows
+
+
+def recipe_of(bench, args, arch: str) -> tuple:
+    return arch_recipe(bench, arch, args.csn_start, args.csn_taps_from)
+
+
+def goal_lines(rows: list) -> list:
+    found = {(r['arch'], r['method']): r['peak_gb'] for r in rows}
+    lines = []
+    for arch, method, relation, bound in GOALS:
+        if (arch, method) not in found:
+            continue
+        value = found[(arch, method)]
+        met = value <= bound if relation == '<=' else value >= bound
+        lines.append(f'- {arch} {method}: {value:.2f} GB, goal {relation} {bound:g} GB: '
+                     f'{"met" if met else "MISSED"}')
+    return lines
+
+
+def fmt(value) -> str:
+    if isinstance(value, float):
+        return f'{value:.2f}' if abs(value) < 10 else f'{value:.0f}'
+    return f'{value:,}' if isinstance(value, int) else str(value)
+
+
+def write_outputs(args, checks: list, rows: list) -> dict:
+    from mmdtl.utils.checkpoint import _write_text_atomic
+
+    work_dir = Path(args.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    title = (f'one AMP training step (bf16 autocast, AdamW), batch {args.batch_size}, '
+             f'{args.img_size} px, estimated on fake tensors')
+    if args.csn_start is not None or args.csn_taps_from is not None:
+        title += (f'; side network overridden: csn.start={args.csn_start}, '
+                  f'taps from block {args.csn_taps_from}')
+    lines = [f'# Memory scaling: {title}', '']
+    if checks:
+        lines += [f'Estimator vs real CPU tensor peak (batch {args.validate_batch_size}):', '',
+                  '| arch | method | estimated MB | measured MB | error |', '|---|---|---|---|---|']
+        lines += [f'| {c["arch"]} | {c["method"]} | {c["estimated_mb"]:.1f} | '
+                  f'{c["measured_mb"]:.1f} | {100 * c["error"]:+.2f} % |' for c in checks]
+        lines.append('')
+    lines += ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
+    lines += ['| ' + ' | '.join(fmt(r[c]) for c in COLUMNS) + ' |' for r in rows]
+    goals = goal_lines(rows)
+    if goals:
+        lines += ['', 'Goals:', *goals]
+    paths = dict(md=work_dir / 'memory_scaling.md', csv=work_dir / 'memory_scaling.csv',
+                 png=work_dir / 'memory_scaling.png')
+    _write_text_atomic(str(paths['md']), '\n'.join(lines) + '\n')
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text_atomic(str(paths['csv']), table.getvalue())
+    plot(rows, title, paths['png'])
+    return {k: str(v) for k, v in paths.items()}
+
+
+def plot(rows: list, title: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    families = [f for f in ('vit', 'swin') if any(r['arch'].startswith(f + '-') for r in rows)]
+    families += [] if families else ['other']
+    fig, axes = plt.subplots(1, len(families), figsize=(6.5 * len(families), 5), squeeze=False)
+    for ax, family in zip(axes[0], families):
+        mine = [r for r in rows if family == 'other' or r['arch'].startswith(family + '-')]
+        for method in dict.fromkeys(r['method'] for r in mine):
+            points = sorted((r['backbone_params'], r['peak_gb'], r['arch'])
+                            for r in mine if r['method'] == method)
+            style = '--' if method.endswith('_half') else '-'
+            ax.plot([p[0] for p in points], [p[1] for p in points], style, marker='o',
+                    label=method)
+        for size in GPU_SIZES_GB:
+            ax.axhline(size, color='grey', linewidth=0.8, linestyle=':')
+            ax.annotate(f'{size} GB', (0.01, size), xycoords=('axes fraction', 'data'),
+                        fontsize=8, color='grey', va='bottom')
+        archs = sorted({(r['backbone_params'], r['arch']) for r in mine})
+        for params, arch in archs:
+            ax.annotate(arch, (params, 0), xycoords=('data', 'axes fraction'), fontsize=7,
+                        rotation=90, va='bottom', ha='right', color='grey')
+        ax.set_xscale('log')
+        ax.set_yscale('log')
+        ax.set_xlabel('backbone parameters (log)')
+        ax.set_ylabel('peak memory of a training step (GB, log)')
+        ax.set_title(family.upper() if family != 'other' else 'backbones')
+        ax.grid(alpha=.3, which='both')
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path.with_suffix('.tmp.png'), dpi=120)
+    plt.close(fig)
+    path.with_suffix('.tmp.png').replace(path)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--archs', nargs='+', default=ARCHS,
+                        help='any --arch of benchmark.py (vit-<arch>, swin-<arch>)')
+    parser.add_argument('--methods', nargs='+', default=METHODS)
+    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--num-classes', type=int, default=100)
+    parser.add_argument('--validate', nargs='*', default=['vit-s', 'vit-b'],
+                        help='archs whose estimate is checked against a real CPU step '
+                             '(none: skip)')
+    parser.add_argument('--validate-methods', nargs='+', default=VALIDATE_METHODS)
+    parser.add_argument('--validate-batch-size', type=int, default=4)
+    parser.add_argument('--tolerance', type=float, default=0.05,
+                        help='largest relative error of the validation (default 5 %%)')
+    parser.add_argument('--csn-start', type=int,
+                        help='override the side network\'s M (csn.start) of every arch')
+    parser.add_argument('--csn-taps-from', type=int,
+                        help='tap only the blocks from this index on (every arch)')
+    parser.add_argument('--work-dir', default='work_dirs/memory_scaling')
+    args = parser.parse_args(argv)
+    bench = load_benchmark()
+    known = bench.arch_names()
+    for arch in args.archs + args.validate:
+        if arch not in known:
+            parser.error(f'unknown arch {arch!r}; choose from {known}')
+    allowed = bench.METHODS + bench.HALF_METHODS
+    for method in args.methods + args.validate_methods:
+        if method not in allowed or method in ('dtl+cache', 'dtl+packed', 'dtl+cache+packed'):
+            parser.error(f'method {method!r} cannot be estimated; choose from {METHODS}')
+    if args.batch_size < 1 or args.validate_batch_size < 1:
+        parser.error('--batch-size and --validate-batch-size must be >= 1')
+    return args, bench
+
+
+def main(argv=None):
+    args, bench = parse_args(argv)
+    checks = []
+    if args.validate:
+        print(f'Validating the estimator against real CPU steps '
+              f'(batch {args.validate_batch_size}):', flush=True)
+        checks = validate(bench, args)
+    rows = []
+    for arch in args.archs:
+        for method in args.methods:
+            tic = time.perf_counter()
+            row = step_memory(bench, recipe_of(bench, args, arch), method, args.batch_size,
+                              args.img_size, args.num_classes, fake=True)
+            row['arch'] = arch
+            rows.append(row)
+            print(f'  {arch} {method}: weights {row["weights_mb"]:.0f} MB, grads '
+                  f'{row["grads_mb"]:.0f} MB, optimizer {row["optimizer_mb"]:.0f} MB, '
+                  f'activations {row["activations_mb"]:.0f} MB, peak {row["peak_gb"]:.2f} GB '
+                  f'({time.perf_counter() - tic:.1f} s)', flush=True)
+    paths = write_outputs(args, checks, rows)
+    print(Path(paths['md']).read_text())
+    print('wrote', ', '.join(paths.values()))
+    worst = max((abs(c['error']) for c in checks), default=0.)
+    if worst > args.tolerance:
+        sys.exit(f'the estimator is off by {100 * worst:.1f} % on a real step, more than '
+                 f'--tolerance {100 * args.tolerance:g} %')
+
+
+if __name__ == '__main__':
+    main()
