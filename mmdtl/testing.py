@@ -60,3 +60,24 @@ def make_vtab_tree(root: str,
         with open(osp.join(task_dir, f'{split}.txt'), 'w', encoding='utf-8') as f:
             f.writelines(split_lines)
     return task_dir
+
+
+def make_fashion_mnist_files(folder: str, num_test: int = 3000, num_train: int = 64,
+                             seed: int = 0) -> str:
+    """Random 28x28 images under the four Fashion-MNIST file names (IDX,
+    gzipped, as Debian's dataset-fashion-mnist installs them); labels cycle
+    over 0..9. The real format without the real data.
+
+    Returns:
+        str: ``folder``.
+    """
+    from mmdtl.datasets.mini_vtab import write_idx
+
+    rng = np.random.default_rng(seed)
+    folder = str(folder)
+    os.makedirs(folder, exist_ok=True)
+    for prefix, n in (('train', num_train), ('t10k', num_test)):
+        write_idx(osp.join(folder, f'{prefix}-images-idx3-ubyte.gz'),
+                  rng.integers(0, 256, (n, 28, 28)))
+        write_idx(osp.join(folder, f'{prefix}-labels-idx1-ubyte.gz'), np.arange(n) % 10)
+    return folder
