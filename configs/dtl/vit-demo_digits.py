@@ -1,8 +1,8 @@
-# The demo: DTL+ on a small ViT over scikit-learn's bundled handwritten digits,
-# written out as a VTAB-1k task folder by tools/misc/make_digits_vtab.py.
-# Runs on CPU in a few minutes. No pre-trained weights can be downloaded, so
-# the frozen trunk is randomly initialised; point `model.backbone.init_cfg`
-# at a converted checkpoint to train a real model with the same recipe.
+# A smoke config: DTL+ on a small, randomly initialised frozen ViT over
+# scikit-learn's bundled digits, written as a VTAB-1k task folder by
+# tools/misc/make_digits_vtab.py (the tools' tests run it). It shows the
+# plumbing, not transfer: `make demo` (configs/demo/, tools/misc/transfer_demo.py)
+# transfers a pre-trained backbone and compares the methods.
 _base_ = './vit-b_vtab-cifar.py'
 
 task = 'digits'

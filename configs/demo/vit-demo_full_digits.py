@@ -1,0 +1,14 @@
+# full fine-tuning on digits: scikit-learn digits (cross-domain, natural).
+_base_ = ['./_base_/full.py']
+
+task = 'digits'
+num_classes = 10
+# chosen on train800 -> val200 by tools/misc/sweep_demo_lr.py
+lr = 1e-3
+
+model = dict(head=dict(num_classes=num_classes))
+data_preprocessor = dict(num_classes=num_classes)
+train_dataloader = dict(dataset=dict(task=task, num_classes=num_classes))
+val_dataloader = dict(dataset=dict(task=task, num_classes=num_classes))
+test_dataloader = val_dataloader
+optim_wrapper = dict(optimizer=dict(lr=lr))
