@@ -171,9 +171,9 @@ def _layout_hint(keys: Iterable[str], kind: str, prefix: str, missing: List[str]
         return ('It looks like a Swin checkpoint of the official code or timm (layers.N.blocks'
                 f'.M.*): convert it with {converters}swin_to_mmpretrain.py.')
     if has(r'(module\.)?blocks\.\d+\.(attn|mlp|norm1)\.'):
-        return ('It looks like a timm ViT state dict (blocks.N.attn.*): convert Google\'s '
-                f'original .npz with {converters}vit_npz_to_mmpretrain.py, or a checkpoint '
-                f'of the released DTL code with {converters}official_dtl_to_mmdtl.py.')
+        return ('It looks like a timm ViT state dict (blocks.N.attn.*): convert it with '
+                f'{converters}official_dtl_to_mmdtl.py --backbone-only (or Google\'s '
+                f'original .npz with {converters}vit_npz_to_mmpretrain.py).')
     def mostly(names: List[str]) -> bool:  # renames (ln1 -> ln2) aside
         return bool(names) and sum(n in keys for n in names) >= len(names) / 2
 

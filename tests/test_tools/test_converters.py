@@ -437,6 +437,41 @@ def test_official_dtl_errors_name_the_file(tmp_path, capsys, kind, match):
     assert not dst.exists()
 
 
+@pytest.mark.parametrize('lora', [True, False], ids=['released_dtl', 'plain_timm'])
+def test_official_dtl_backbone_only_feeds_pretrained(tmp_path, capsys, lora):
+    """--backbone-only: the trunk as bare mmpretrain keys, loaded by init_cfg=Pretrained
+    through the frozen-trunk check (a plain timm ViT converts this way too)."""
+    from mmengine.registry import DefaultScope
+    from mmpretrain.registry import MODELS
+
+    official = make_official_dtl(depth=2, taps=(0, 1))
+    if not lora:
+        official = {k: v for k, v in official.items() if not k.startswith('lora_')}
+        assert dtl_tool.main([str(tmp_path / 'missing.pth'), str(tmp_path / 'x.pth')]) == 1
+        src = tmp_path / 'timm.pth'
+        torch.save(official, src)
+        assert dtl_tool.main([str(src), str(tmp_path / 'x.pth')]) == 1  # no side network
+        assert 'plain timm ViT (no lora_dict.*): convert it with --backbone-only' in \
+            capsys.readouterr().err
+    src, dst = tmp_path / 'src.pth', tmp_path / 'trunk.pth'
+    torch.save(official, src)
+    assert dtl_tool.main([str(src), str(dst), '--backbone-only']) == 0
+    state = torch.load(dst, map_location='cpu', weights_only=True)['state_dict']
+    assert not any(k.startswith(('backbone.', 'csn.', 'head.')) for k in state)
+    assert torch.equal(state['ln1.weight'], official['norm.weight'])
+    assert torch.equal(state['layers.1.ffn.layers.0.0.weight'], official['blocks.1.mlp.fc1.weight'])
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        backbone = MODELS.build(dict(
+            type='DTLViT', img_size=IMG, patch_size=PATCH,
+            arch=dict(embed_dims=DIMS, num_layers=2, num_heads=HEADS, feedforward_channels=MLP),
+            csn=dict(type='CompactSideNetwork', rank=2, start=0),
+            init_cfg=dict(type='Pretrained', checkpoint=str(dst))))
+    backbone.init_weights()
+    assert backbone.trunk_source == str(dst)
+    assert torch.equal(backbone.ln2.weight, official['norm.weight'])
+    assert torch.equal(backbone.layers[0].attn.qkv.weight, official['blocks.0.attn.qkv.weight'])
+
+
 class _RunsCommand:
 
     def __init__(self, path):

@@ -35,6 +35,13 @@ them from the training command. With ``--config`` the converter builds the
 classifier of an mmdtl config, compares its side network with the
 checkpoint and loads the result with ``strict=True`` before writing.
 
+With ``--backbone-only`` only the frozen trunk is written, as the bare keys
+of mmpretrain's ``VisionTransformer`` (``patch_embed.projection.*``,
+``layers.{i}.*``, final norm ``ln1.*``; head and side network dropped), for
+``model.backbone.init_cfg=dict(type='Pretrained', checkpoint=...)``. This
+also converts a plain timm ViT state dict (no ``lora_*``), e.g. a checkpoint
+passed by mistake where an mmpretrain backbone was expected.
+
 The source is read with ``torch.load(weights_only=True)`` (only
 ``argparse.Namespace``, which timm's checkpoint saver stores, is allowed
 besides tensors and containers); the output ``{'state_dict', 'meta'}`` is
@@ -150,8 +157,7 @@ def convert_official(state_dict: Mapping[str, torch.Tensor],
                               f'load it directly')
     lora = {k for k in state_dict if k.startswith('lora_')}
     if not any(k.startswith('lora_dict.') for k in lora):
-        what = ('a plain timm ViT (no lora_dict.*): convert its backbone with '
-                'vit_npz_to_mmpretrain.py or use it as init_cfg'
+        what = ('a plain timm ViT (no lora_dict.*): convert it with --backbone-only'
                 if 'blocks.0.attn.qkv.weight' in state_dict else
                 'an unknown key layout')
         sample = ', '.join(sorted(state_dict)[:6]) or 'none'
@@ -175,6 +181,49 @@ def convert_official(state_dict: Mapping[str, torch.Tensor],
                               f'{", ".join(sorted(unknown)[:8])}')
     meta = _inspect(state_dict, src)
     meta['dropped'] = sorted(dropped)
+    return converted, meta
+
+
+def convert_backbone(state_dict: Mapping[str, torch.Tensor],
+                     src: str = '<checkpoint>') -> Tuple[Dict[str, torch.Tensor], dict]:
+    """The frozen trunk of a timm ViT (plain, or the released DTL code's) as
+    the bare keys of mmpretrain's ``VisionTransformer`` (final norm ``ln1``),
+    for ``init_cfg=dict(type='Pretrained', checkpoint=...)``; the head, the
+    side network and ``pre_logits`` are dropped.
+
+    Returns:
+        tuple[dict, dict]: The state dict and ``meta`` (arch, sizes, dropped keys).
+    """
+    if any(k.startswith(('backbone.', 'layers.')) for k in state_dict):
+        raise ConversionError(f'{src} already has mmpretrain/mmdtl keys; load it directly')
+    for key, reason in UNSUPPORTED.items():
+        if any(k == key or k.startswith(key + '.') for k in state_dict):
+            raise ConversionError(f'{src}: {reason} ({key})')
+    trunk = {k: v for k, v in state_dict.items()
+             if not k.startswith(('lora_', 'head.')) and not re.fullmatch(DROPPED, k)}
+    dropped = sorted(set(state_dict) - set(trunk))
+    # _inspect checks the blocks; a stand-in head and side network satisfy its
+    # checks of parts the trunk does not have.
+    dims = trunk['cls_token'].shape[-1] if 'cls_token' in trunk else 1
+    probe = dict(trunk, **{'head.weight': torch.zeros(1, dims), 'head.bias': torch.zeros(1),
+                           'lora_dict.0.lora_A': torch.zeros(1, dims),
+                           'lora_dict.0.lora_B': torch.zeros(dims, 1)})
+    meta = _inspect(probe, src)
+    converted, unknown = {}, []
+    for key, value in trunk.items():
+        new_key = _map_key(key)
+        if new_key is None:
+            unknown.append(key)
+            continue
+        new_key = new_key[len('backbone.'):]
+        # DTL's classifier keeps the final norm as ln2; the parent names it ln1.
+        new_key = re.sub(r'^ln2\.', 'ln1.', new_key)
+        converted[new_key] = value.detach().clone().contiguous()
+    if unknown:
+        raise ConversionError(f'{src}: {len(unknown)} keys of an unknown layout: '
+                              f'{", ".join(sorted(unknown)[:8])}')
+    meta = {k: meta[k] for k in ('arch', 'patch_size', 'img_size', 'qkv_bias')}
+    meta['dropped'] = dropped
     return converted, meta
 
 
@@ -306,6 +355,10 @@ def parse_args(argv=None):
                         '(builds the model and loads with strict=True)')
     parser.add_argument('--use-ema', action='store_true',
                         help='convert the EMA weights (state_dict_ema)')
+    parser.add_argument('--backbone-only', action='store_true',
+                        help='write only the frozen trunk, as bare mmpretrain '
+                        'VisionTransformer keys for init_cfg=dict(type=\'Pretrained\'); '
+                        'also converts a plain timm ViT (no side network)')
     return parser.parse_args(argv)
 
 
@@ -315,9 +368,19 @@ def main(argv=None) -> int:
         print(f'error: refusing to overwrite the source {args.src}', file=sys.stderr)
         return 1
     try:
-        state_dict, meta = convert_official(load_official(args.src, args.use_ema), args.src)
-        print(f'official DTL checkpoint {args.src}:')
-        print(describe(meta))
+        source = load_official(args.src, args.use_ema)
+        if args.backbone_only:
+            if args.config:
+                raise ConversionError('--config checks a whole classifier; it does not go '
+                                      'with --backbone-only')
+            state_dict, meta = convert_backbone(source, args.src)
+            print(f'timm ViT trunk of {args.src}: {meta["arch"]}, patch_size='
+                  f'{meta["patch_size"]}, img_size={meta["img_size"]}; use it as '
+                  f'model.backbone.init_cfg=dict(type=\'Pretrained\', checkpoint=...)')
+        else:
+            state_dict, meta = convert_official(source, args.src)
+            print(f'official DTL checkpoint {args.src}:')
+            print(describe(meta))
         if args.config:
             verify_with_config(state_dict, meta, args.config)
     except ConversionError as err:
