@@ -18,6 +18,7 @@ from mmengine.registry import HOOKS, RUNNERS
 from mmengine.runner import Runner
 
 import mmdtl  # noqa: F401  (registers DTL models, datasets, hooks)
+from mmdtl.engine.hooks import TrunkCheckHook
 from mmdtl.utils import register_safe_globals
 
 # isort: split
@@ -121,6 +122,8 @@ def main():
     for note in notes:
         runner.logger.warning(note)
 
+    if not any(isinstance(hook, TrunkCheckHook) for hook in runner.hooks):
+        runner.register_hook(TrunkCheckHook())  # configs not based on ours (mmdet)
     if args.out is not None:
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
 

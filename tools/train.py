@@ -36,13 +36,15 @@ from mmdtl.utils import (
     TrunkNotLoadedError,
     UnreadableCheckpointError,
     UnsafeCheckpointError,
+    UntrainedCheckpointError,
     register_safe_globals,
 )
 
 # Weights that do not fit the frozen trunk, a trunk never loaded, a refused or
-# unreadable checkpoint: the message says it all, no traceback.
+# unreadable checkpoint, one to test without trained weights: the message says
+# it all, no traceback.
 CHECKPOINT_ERRORS = (TrunkMismatchError, TrunkNotLoadedError, UnreadableCheckpointError,
-                     UnsafeCheckpointError)
+                     UnsafeCheckpointError, UntrainedCheckpointError)
 
 
 class CfgOptionsAction(DictAction):

@@ -12,7 +12,11 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS as ROOT_HOOKS
 from mmpretrain.registry import HOOKS
 
-from mmdtl.utils.trunk_keys import check_trunks_loaded
+from mmdtl.utils.trunk_keys import (
+    UntrainedCheckpointError,
+    check_trunks_loaded,
+    untrained_in_checkpoint,
+)
 
 from .task_checkpoint import check_frozen_backbone, save_task_checkpoint
 
@@ -29,16 +33,39 @@ class TrunkCheckHook(Hook):
     built with ``allow_random_trunk=True``. (Checkpoints that do not fit the
     trunk are refused by the backbone itself, whatever loads them.)
 
+    When testing (``tools/test.py CKPT``), it also refuses a checkpoint that
+    lacks the trained tensors (side network, head) or has them in another
+    shape, e.g. the pre-trained classifier instead of the fine-tuned one:
+    :class:`~mmdtl.utils.trunk_keys.UntrainedCheckpointError`.
+
     ``configs/_base_/default_runtime.py`` registers it as
-    ``default_hooks.trunk_check``, and ``tools/train.py`` adds it to configs
-    that lack it (e.g. mmdet configs). Registered in mmengine's root
-    ``HOOKS`` so configs of any scope can use it.
+    ``default_hooks.trunk_check``, and ``tools/train.py`` / ``tools/test.py``
+    add it to configs that lack it (e.g. mmdet configs). Registered in
+    mmengine's root ``HOOKS`` so configs of any scope can use it.
+
+    Args:
+        check_test_checkpoint (bool): Refuse testing a checkpoint without
+            the trained tensors. Defaults to True.
     """
 
     priority = 'VERY_HIGH'
 
+    def __init__(self, check_test_checkpoint: bool = True):
+        self.check_test_checkpoint = check_test_checkpoint
+        self._untrained: Optional[str] = None
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        # Called before the checkpoint is loaded into the model.
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        self._untrained = untrained_in_checkpoint(model, checkpoint)
+
     def before_train(self, runner) -> None:
         check_trunks_loaded(runner.model)
+        self._untrained = None  # a later test evaluates what training wrote
+
+    def before_test(self, runner) -> None:
+        if self.check_test_checkpoint and self._untrained:
+            raise UntrainedCheckpointError(self._untrained)
 
 
 @HOOKS.register_module()

@@ -13,6 +13,7 @@ from .timing import median_seconds, synchronize
 from .trunk_keys import (
     TrunkMismatchError,
     TrunkNotLoadedError,
+    UntrainedCheckpointError,
     check_trunk_state,
     check_trunks_loaded,
     install_trunk_check,
@@ -26,7 +27,8 @@ __all__ = [
     'SavedTensorMeter', 'saved_activation_bytes', 'cpu_step_peak_bytes', 'SAFE_GLOBAL_NAMES',
     'AtomicCheckpointHook',
     'UnsafeCheckpointError', 'UnreadableCheckpointError', 'TrunkMismatchError',
-    'TrunkNotLoadedError', 'check_trunk_state', 'check_trunks_loaded', 'install_trunk_check',
+    'TrunkNotLoadedError', 'UntrainedCheckpointError', 'check_trunk_state',
+    'check_trunks_loaded', 'install_trunk_check',
     'load_from_local_safe', 'register_safe_globals', 'safe_torch_load',
     'save_checkpoint_atomic', 'median_seconds', 'synchronize'
 ]

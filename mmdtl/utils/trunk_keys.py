@@ -41,8 +41,9 @@ import torch.nn as nn
 from mmengine.logging import print_log
 
 __all__ = [
-    'TrunkMismatchError', 'TrunkNotLoadedError', 'install_trunk_check', 'remember_checkpoint',
-    'check_trunk_state', 'check_trunks_loaded', 'trunk_shapes'
+    'TrunkMismatchError', 'TrunkNotLoadedError', 'UntrainedCheckpointError',
+    'install_trunk_check', 'remember_checkpoint', 'check_trunk_state', 'check_trunks_loaded',
+    'untrained_in_checkpoint', 'trunk_shapes'
 ]
 
 # Buffers a backbone recomputes from its config; a checkpoint need not hold them
@@ -57,6 +58,10 @@ class TrunkMismatchError(ValueError):
 
 class TrunkNotLoadedError(RuntimeError):
     """Training would start on a frozen trunk that was never loaded."""
+
+
+class UntrainedCheckpointError(ValueError):
+    """A checkpoint to evaluate lacks the trained tensors (side network, head)."""
 
 
 # ---------------------------------------------------------------------------
@@ -293,3 +298,48 @@ def check_trunks_loaded(model: nn.Module) -> None:
             f'network to a randomly initialised backbone that never changes. Load '
             f'pre-trained weights (converted by tools/model_converters/), or, for a '
             f'deliberate random-trunk control, set model.backbone.allow_random_trunk=True.')
+
+
+def untrained_in_checkpoint(model: nn.Module, checkpoint: Any) -> Optional[str]:
+    """Describe the trained tensors a checkpoint to evaluate does not provide.
+
+    The tensors training changes (the parameters that require grad: side
+    network, neck, head) must all be in a checkpoint that is evaluated; a
+    pre-trained backbone or a classifier of another task leaves them random.
+
+    Args:
+        model (nn.Module): The model (a wrapper is unwrapped by its keys).
+        checkpoint: The loaded checkpoint (``state_dict`` inside, or bare).
+
+    Returns:
+        str | None: The message of :class:`UntrainedCheckpointError`, None
+        when the checkpoint has them all.
+    """
+    state = checkpoint
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get('state_dict'), Mapping):
+        state = checkpoint['state_dict']
+    if not isinstance(state, Mapping):
+        return None
+    state = {re.sub(r'^module\.', '', k): v for k, v in state.items() if isinstance(k, str)}
+    trained = {re.sub(r'^module\.', '', n): p.shape
+               for n, p in model.named_parameters() if p.requires_grad}
+    missing = [k for k in trained if k not in state]
+    mismatched = [f'{k} {tuple(state[k].shape)} in the checkpoint vs {tuple(shape)} in the model'
+                  for k, shape in trained.items()
+                  if k in state and torch.is_tensor(state[k]) and state[k].shape != shape]
+    if not missing and not mismatched:
+        return None
+    source = _find_source(state)
+    what = f'checkpoint {source.filename}' if source is not None else 'checkpoint'
+    problems = []
+    if missing:
+        problems.append(f'lacks {len(missing)} of the {len(trained)} trained tensors '
+                        f'({_examples(missing)})')
+    if mismatched:
+        problems.append(f'has {len(mismatched)} with another shape ({_examples(mismatched)})')
+    return (f'The {what} {" and ".join(problems)}: evaluating it would use randomly '
+            f'initialised ones. Test a checkpoint written by training this config (its '
+            f'work_dir\'s epoch_N.pth or best_*.pth), not a pre-trained backbone or another '
+            f'task\'s classifier; to evaluate it anyway, set '
+            f'default_hooks.trunk_check.check_test_checkpoint=False.')
+

@@ -19,7 +19,12 @@ from mmpretrain.structures import DataSample
 import mmdtl  # noqa: F401
 from mmdtl.engine import load_backbone_weights, save_task_checkpoint
 from mmdtl.engine.hooks import TrunkCheckHook
-from mmdtl.utils import TrunkMismatchError, TrunkNotLoadedError, check_trunks_loaded
+from mmdtl.utils import (
+    TrunkMismatchError,
+    TrunkNotLoadedError,
+    UntrainedCheckpointError,
+    check_trunks_loaded,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ARCH = dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64)
@@ -266,6 +271,33 @@ def test_runner_loads_a_fitting_classifier_checkpoint(tmp_path):
     assert runner.model.backbone.trunk_source == path
     assert torch.equal(runner.model.backbone.layers[1].ffn.layers[1].weight,
                        trunk_state()['layers.1.ffn.layers.1.weight'])
+    runner.test()  # evaluates what training wrote: no trained tensors are missing
+    # The trained model saved and tested again: it has everything.
+    trained = tmp_path / 'trained.pth'
+    torch.save(dict(state_dict=runner.model.state_dict()), trained)
+    make_runner(tmp_path / 'work2', load_from=str(trained)).test()
+
+
+@pytest.mark.parametrize('what', ['pretrained_classifier', 'other_task'])
+def test_testing_a_checkpoint_without_trained_weights_is_refused(tmp_path, what):
+    """tools/test.py CKPT with the pre-trained weights (trunk fits, no side network or
+    head) or another task's classifier (head of another size): random tensors."""
+    model = build(classifier_cfg())
+    state = model.state_dict()
+    if what == 'pretrained_classifier':
+        state = {k: v for k, v in state.items() if not k.startswith(('backbone.csn.', 'head.'))}
+        expected = 'lacks 7 of the 7 trained tensors (backbone.csn.'  # 2 A, 2 B, conv, fc
+    else:
+        state['head.fc.weight'] = torch.zeros(5, ARCH['embed_dims'])
+        state['head.fc.bias'] = torch.zeros(5)
+        expected = 'has 2 with another shape (head.fc.weight (5, 32) in the checkpoint vs (3, 32)'
+    path = save(dict(state_dict=state), tmp_path / f'{what}.pth')
+    runner = make_runner(tmp_path / 'work', load_from=path)
+    with pytest.raises(UntrainedCheckpointError) as info:
+        runner.test()
+    msg = str(info.value)
+    assert msg.startswith(f'The checkpoint {path} ') and expected in msg, msg
+    assert 'check_test_checkpoint=False' in msg
 
 
 # ----------------------------------------------------------------------- tools
