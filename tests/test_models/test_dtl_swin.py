@@ -281,7 +281,8 @@ def test_swin_b_recipe_configs_and_param_counts(name, kernel, lr, drop_path, cou
     assert backbone.csn.dwconv_kernel == kernel
     assert cfg.optim_wrapper.optimizer.lr == lr
     assert cfg.optim_wrapper.optimizer.weight_decay == 0.05
-    assert cfg.train_cfg.max_epochs == 100 and cfg.train_dataloader.batch_size == 32
+    assert cfg.train_cfg.max_epochs == 110 and cfg.global_batch_size == 32
+    assert cfg.train_dataloader.batch_size == 32
     assert cfg.model.neck.type == 'GlobalAveragePooling'
     assert cfg.model.head.in_channels == 1024 and cfg.model.head.num_classes == 100
     backbone = {**backbone, 'init_cfg': None}
