@@ -122,8 +122,9 @@ def test_demo_end_to_end_on_the_shipped_checkpoint(tmp_path, capsys):
     assert linear['trainable_backbone'] == 0
     assert dtl["trainable_backbone"] == 6 * 2 * (2 * 96) + 96 * 9
     assert linear['trainable_total'] == 96 * 10 + 10
-    # a frozen trunk saves nothing for backward; DTL+ saves its suffix
-    assert linear['activation_mb'] == 0 < dtl['activation_mb']
+    # a frozen trunk saves nothing for backward (the probe keeps only what the
+    # head and the loss need: 32 x 96 features and the logits); DTL+ its suffix
+    assert linear['activation_mb'] < 0.02 < dtl['activation_mb']
     assert 0 < linear['tensor_peak_mb'] < dtl['tensor_peak_mb']
 
     with open(tmp_path / 'demo' / 'demo.csv') as f:
