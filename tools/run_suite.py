@@ -73,6 +73,9 @@ SUITES = OrderedDict([
     # option: one model per method, tested on all five targets at once
     ('domain-generalization-all-targets',
      ('dg', 'configs/dtl/domain_generalization/all_targets/*.py')),
+    # the demo's mini VTAB-1k, every method (tools/misc/transfer_demo.py runs
+    # the same configs in one process, with memory meters, seeds and a plot)
+    ('mini-vtab', ('mini-vtab', 'configs/demo/vit-demo_*.py')),
 ])
 # VTAB-1k validation protocol: train on train800, evaluate on val200.
 VAL_MODE_OPTIONS = [
@@ -154,7 +157,7 @@ def plan_runs(suite: str, configs: List[str], work_root: str, shots, seeds, val:
         checkpoint_hook = (cfg.get('default_hooks') or {}).get('checkpoint') or {}
         uses_best = bool(checkpoint_hook.get('save_best'))
         work_dir = osp.join(suite_dir, stem)
-        if kind == 'vtab':
+        if kind in ('vtab', 'mini-vtab'):
             runs.append(Run(path, stem, method, cfg.get('task', name), work_dir, work_dir,
                             uses_best, options=options))
             continue
@@ -480,6 +483,22 @@ def vtab_table(results: Dict[str, Dict[str, float]]) -> Tuple[List[str], List[li
     return header, rows
 
 
+def mini_vtab_table(results: Dict[str, Dict[str, float]]) -> Tuple[List[str], List[list]]:
+    """The demo's mini VTAB-1k: ``{method: {task: top1}}`` -> header and rows
+    (tasks, group means, ``Mean`` of the group means; None where incomplete)."""
+    from mmdtl.datasets.mini_vtab import MINI_VTAB_GROUPS, MINI_VTAB_TASKS
+
+    header = (['method'] + list(MINI_VTAB_TASKS) +
+              [g.capitalize() for g in MINI_VTAB_GROUPS] + ['Mean'])
+    rows = []
+    for method, per_task in results.items():
+        groups = [_mean([per_task[t] for t in tasks]) if all(t in per_task for t in tasks)
+                  else None for tasks in MINI_VTAB_GROUPS.values()]
+        mean = None if None in groups else _mean(groups)
+        rows.append([method] + [per_task.get(t) for t in MINI_VTAB_TASKS] + groups + [mean])
+    return header, rows
+
+
 def few_shot_table(results: Dict[Tuple[str, str, int], Dict[int, float]],
                    shots: Sequence[int]) -> Tuple[List[str], List[list]]:
     """``{(method, dataset, shot): {seed: top1}}`` -> header and rows.
@@ -606,6 +625,14 @@ def collect(suite: str, runs: List[Run], seeds: Sequence[int], shots) -> Tuple[s
         title = ('VTAB-1k top-1 (%); Mean = mean of the three group means, '
                  'Mean (tasks) = mean of the 19 tasks')
         return title + '\n\n' + to_markdown(header, rows), header, rows
+    if kind == 'mini-vtab':
+        results = OrderedDict((run.method, {}) for run in runs)
+        for run, metrics in records:
+            if TOP1 in metrics:
+                results[run.method][run.dataset] = metrics[TOP1]
+        header, rows = mini_vtab_table(results)
+        title = 'Mini VTAB-1k top-1 (%); Mean = mean of the group means'
+        return title + '\n\n' + to_markdown(header, rows), header, rows
     if kind == 'few-shot':
         results = OrderedDict(((run.method, run.dataset, run.shot), {}) for run in runs)
         for run, metrics in records:
@@ -670,10 +697,10 @@ def parse_args(argv=None):
         if '=' not in kv or not kv.split('=', 1)[0]:
             parser.error(f'--cfg-options: expected KEY=VALUE, got {kv!r}')
     kind = SUITES[args.suite][0]
-    if args.val and kind != 'vtab':
+    if args.val and kind not in ('vtab', 'mini-vtab'):
         parser.error('--val is the VTAB-1k validation protocol; few-shot and DG configs '
                      'validate on their own val split already.')
-    if kind == 'vtab' and (args.shots or args.seeds):
+    if kind in ('vtab', 'mini-vtab') and (args.shots or args.seeds):
         parser.error('--shots/--seeds apply to the few-shot and domain-generalization suites.')
     args.seeds = args.seeds or list(FEW_SHOT_SEEDS)
     if args.gpus is not None and args.gpus < 1:
