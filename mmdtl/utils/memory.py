@@ -121,16 +121,34 @@ class StorageMemoryTracker(torch.utils._python_dispatch.TorchDispatchMode):
     in-place results, also of tensors made before tracking) add nothing.
     Memory that kernels use internally without returning it (library
     workspaces) is not seen.
+
+    Args:
+        describe_peak (bool): Also keep :attr:`peak_breakdown`, what was
+            alive at the peak: ``(bytes, count, op, dtype, shape)`` per kind
+            of tensor, largest first. Defaults to False (cheaper).
     """
 
-    def __init__(self):
+    def __init__(self, describe_peak: bool = False):
         super().__init__()
         self.current = self.peak = 0
+        self.peak_breakdown: List[tuple] = []
+        self._describe = describe_peak
         self._alive: Dict[int, weakref.ref] = {}
+        self._labels: Dict[int, tuple] = {}
 
     def _freed(self, key: int, nbytes: int, _ref=None) -> None:
         if self._alive.pop(key, None) is not None:
+            self._labels.pop(key, None)
             self.current -= nbytes
+
+    def _describe_peak(self) -> None:
+        groups: Dict[tuple, list] = {}
+        for nbytes, *label in self._labels.values():
+            group = groups.setdefault(tuple(label), [0, 0])
+            group[0] += nbytes
+            group[1] += 1
+        self.peak_breakdown = sorted(((b, n, *label) for label, (b, n) in groups.items()),
+                                     reverse=True)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -146,12 +164,19 @@ class StorageMemoryTracker(torch.utils._python_dispatch.TorchDispatchMode):
             nbytes = storage.nbytes()
             callback = lambda ref, key=key, nbytes=nbytes: self._freed(key, nbytes)  # noqa: E731
             self._alive[key] = weakref.ref(storage, callback)
+            if self._describe:
+                self._labels[key] = (nbytes, str(func), str(tensor.dtype).replace('torch.', ''),
+                                     tuple(tensor.shape))
             self.current += nbytes
-            self.peak = max(self.peak, self.current)
+            if self.current > self.peak:
+                self.peak = self.current
+                if self._describe:
+                    self._describe_peak()
         return out
 
 
-def tracked_step_peak_bytes(step: Callable[[], object], live: Iterable[torch.Tensor]) -> int:
+def tracked_step_peak_bytes(step: Callable[[], object], live: Iterable[torch.Tensor],
+                            tracker: Optional[StorageMemoryTracker] = None) -> int:
     """Peak bytes of live tensors while ``step()`` runs, counted by
     :class:`StorageMemoryTracker`: the same quantity as
     :func:`cpu_step_peak_bytes`, on any device and on fake tensors, where
@@ -161,9 +186,11 @@ def tracked_step_peak_bytes(step: Callable[[], object], live: Iterable[torch.Ten
         step (Callable): One training step.
         live (Iterable[Tensor]): The tensors that exist before the step (see
             :func:`training_state`).
+        tracker (StorageMemoryTracker, optional): The tracker to use (e.g.
+            one that describes the peak). Defaults to a new one.
     """
     base = unique_storage_bytes(live)
-    with StorageMemoryTracker() as tracker:
+    with tracker or StorageMemoryTracker() as tracker:
         step()
     return base + tracker.peak
 
@@ -191,6 +218,12 @@ def fake_tensors() -> Iterator[None]:
     autograd as for real, no data and no memory (PyTorch's FakeTensorMode).
     A 1B-parameter backbone is built and stepped in seconds; measure it with
     :class:`StorageMemoryTracker` and :class:`SavedTensorMeter`."""
+    from unittest import mock
+
     from torch._subclasses.fake_tensor import FakeTensorMode
-    with FakeTensorMode(), _RealScalarsMode():
+
+    # mmengine's init_weights notes which parameters changed by comparing
+    # their means, values a fake tensor does not have; it is only logging.
+    with FakeTensorMode(), _RealScalarsMode(), mock.patch(
+            'mmengine.model.base_module.update_init_info', lambda *args, **kwargs: None):
         yield

@@ -7,6 +7,7 @@ import re
 import torch
 
 from mmdtl.utils.memory import (
+    StorageMemoryTracker,
     cpu_step_peak_bytes,
     fake_tensors,
     tracked_step_peak_bytes,
@@ -30,6 +31,13 @@ def test_tracked_peak_is_exact_for_real_and_fake_tensors():
         fake = torch.zeros(1000)
         assert type(fake).__name__ == 'FakeTensor'
         assert tracked_step_peak_bytes(handmade_step, [fake]) == expected
+
+
+def test_peak_breakdown_names_what_is_alive_at_the_peak():
+    tracker = StorageMemoryTracker(describe_peak=True)
+    assert tracked_step_peak_bytes(handmade_step, [], tracker) == 3_000_000
+    assert [(b, n, dtype, shape) for b, n, _, dtype, shape in tracker.peak_breakdown] == [
+        (2_000_000, 1, 'float32', (500_000, )), (1_000_000, 1, 'float32', (250_000, ))]
 
 
 def test_views_and_in_place_results_allocate_nothing():
@@ -69,13 +77,18 @@ def load_tool(repo_root, name):
 
 def test_memory_scaling_tool(tmp_path, repo_root, capsys):
     tool = load_tool(repo_root, 'memory_scaling')
+    # Peaks as benchmark.py writes them (e.g. max_memory_allocated on a GPU).
+    measured = tmp_path / 'benchmark.csv'
+    measured.write_text('method,peak_mb\nfull,2.0\ndtl+,0.5\n')
     tool.main(['--archs', 'vit-tiny-test', '--methods', 'full', 'dtl+', 'dtl+_half',
                'dtl+ckpt_half', '--batch-size', '4', '--img-size', '32',
                '--validate', 'vit-tiny-test', '--validate-methods', 'full', 'dtl+ckpt_half',
-               '--validate-batch-size', '2', '--tolerance', '1', '--work-dir', str(tmp_path)])
+               '--validate-batch-size', '2', '--tolerance', '1', '--work-dir', str(tmp_path),
+               '--measured', f'vit-tiny-test={measured}'])
     stdout = capsys.readouterr().out
     assert 'validate vit-tiny-test full batch 2: estimated' in stdout
-    rows = {r['method']: {k: float(v) for k, v in r.items() if k not in ('arch', 'method')}
+    rows = {r['method']: {k: float(v) if v else None for k, v in r.items()
+                          if k not in ('arch', 'method')}
             for r in csv.DictReader(open(tmp_path / 'memory_scaling.csv'))}
     full, dtl, half, ckpt = (rows[m] for m in ('full', 'dtl+', 'dtl+_half', 'dtl+ckpt_half'))
     mb = 2**20
@@ -92,6 +105,9 @@ def test_memory_scaling_tool(tmp_path, repo_root, capsys):
     assert half['weights_mb'] < 0.6 * dtl['weights_mb']
     assert ckpt['activations_mb'] < half['activations_mb'] <= dtl['activations_mb']
     assert half['peak_mb'] < dtl['peak_mb'] < full['peak_mb']
+    assert full['measured_peak_mb'] == 2.0 and half['measured_peak_mb'] is None
+    assert full['measured_vs_estimate'] == 2.0 / full['peak_mb'] - 1
+    assert dtl['measured_vs_estimate'] == 0.5 / dtl['peak_mb'] - 1
     table = (tmp_path / 'memory_scaling.md').read_text()
     assert 'Estimator vs real CPU tensor peak (batch 2)' in table
     # On a tiny model the real step's only extra is the fixed scratch memory

@@ -32,6 +32,10 @@ tensor peak is measured by the CPU profiler (``cpu_step_peak_bytes``, an
 independent count: the allocator's trace). The relative error of every
 estimate is printed; above ``--tolerance`` (5 %) the tool fails.
 
+``--measured ARCH=CSV`` adds the peaks that ``benchmark.py`` measured (its
+``benchmark.csv``; on a GPU ``max_memory_allocated``) next to the estimates:
+``tools/analysis/gpu_check.sh`` uses it.
+
 Writes ``memory_scaling.md`` (validation, table, goals), ``memory_scaling.csv``
 and ``memory_scaling.png`` (peak vs backbone parameters, one line per method,
 horizontal lines at 8, 16, 24 and 80 GB) under ``--work-dir``.
@@ -60,6 +64,7 @@ METHODS = ['full', 'lora', 'dtl', 'dtl+', 'dtl+ckpt', 'dtl_half', 'dtl+_half', '
 VALIDATE_METHODS = ['full', 'dtl+', 'dtl+ckpt', 'dtl+_half', 'dtl+ckpt_half']
 COLUMNS = ['arch', 'method', 'backbone_params', 'trainable', 'weights_mb', 'grads_mb',
            'optimizer_mb', 'activations_mb', 'peak_mb', 'peak_gb']
+MEASURED_COLUMNS = ['measured_peak_mb', 'measured_vs_estimate']
 GPU_SIZES_GB = (8, 16, 24, 80)
 # (arch, method, goal, bound in GB): the issue's goals, checked in the report.
 GOALS = [('vit-b', 'dtl+', '<=', 1.0), ('vit-b', 'dtl+_half', '<=', 1.0),
@@ -89,12 +94,15 @@ def arch_recipe(bench, arch: str, csn_start=None, csn_taps_from=None) -> tuple:
 
 
 def step_memory(bench, arch, method: str, batch_size: int, img_size: int,
-                num_classes: int, fake: bool) -> dict:
+                num_classes: int, fake: bool, breakdown: bool = False) -> dict:
     """The memory budget of one training step of ``arch`` (a name or a
     (backbone cfg, recipe) pair) and ``method``: on fake tensors (estimated,
     nothing computed) or for real on CPU (the peak measured by the profiler;
-    activations not measured, to save time)."""
+    activations not measured, to save time). With ``breakdown``, the
+    estimate's ``peak_breakdown`` lists what the step had allocated at its
+    peak (see :class:`StorageMemoryTracker`)."""
     from mmdtl.utils.memory import (
+        StorageMemoryTracker,
         cpu_step_peak_bytes,
         fake_tensors,
         saved_activation_bytes,
@@ -116,8 +124,13 @@ def step_memory(bench, arch, method: str, batch_size: int, img_size: int,
         row['activations_mb'] = saved_activation_bytes(model, loss_fn) / MB if fake else None
         train_step()  # gradients and optimizer state exist, as in every later step
         live = training_state(model, optimizer) + [images, labels]
-        peak = tracked_step_peak_bytes if fake else cpu_step_peak_bytes
-        row['peak_mb'] = peak(train_step, live) / MB
+        if fake:
+            tracker = StorageMemoryTracker(describe_peak=breakdown)
+            row['peak_mb'] = tracked_step_peak_bytes(train_step, live, tracker) / MB
+            if breakdown:
+                row['peak_breakdown'] = tracker.peak_breakdown
+        else:
+            row['peak_mb'] = cpu_step_peak_bytes(train_step, live) / MB
         row['weights_mb'] = unique_storage_bytes([*model.parameters(), *model.buffers()]) / MB
         row['grads_mb'] = unique_storage_bytes(
             p.grad for p in model.parameters() if p.grad is not None) / MB
@@ -163,9 +176,31 @@ def goal_lines(rows: list) -> list:
     return lines
 
 
+def read_measured(specs: list) -> dict:
+    """``ARCH=benchmark.csv`` pairs -> {(arch, method): measured peak MB}."""
+    measured = {}
+    for spec in specs:
+        arch, sep, path = spec.partition('=')
+        if not sep or not Path(path).is_file():
+            raise SystemExit(f'--measured {spec!r}: expected ARCH=PATH of a benchmark.csv')
+        with open(path, newline='') as f:
+            for row in csv.DictReader(f):
+                measured[(arch, row['method'])] = float(row['peak_mb'])
+    return measured
+
+
+def add_measured(rows: list, measured: dict) -> None:
+    for row in rows:
+        value = measured.get((row['arch'], row['method']))
+        row['measured_peak_mb'] = value
+        row['measured_vs_estimate'] = None if value is None else value / row['peak_mb'] - 1
+
+
 def fmt(value) -> str:
+    if value is None:
+        return '-'
     if isinstance(value, float):
-        return f'{value:.2f}' if abs(value) < 10 else f'{value:.0f}'
+        return f'{value:.2f}' if abs(value) < 100 else f'{value:.0f}'
     return f'{value:,}' if isinstance(value, int) else str(value)
 
 
@@ -176,9 +211,10 @@ def write_outputs(args, checks: list, rows: list) -> dict:
     work_dir.mkdir(parents=True, exist_ok=True)
     title = (f'one AMP training step (bf16 autocast, AdamW), batch {args.batch_size}, '
              f'{args.img_size} px, estimated on fake tensors')
-    if args.csn_start is not None or args.csn_taps_from is not None:
-        title += (f'; side network overridden: csn.start={args.csn_start}, '
-                  f'taps from block {args.csn_taps_from}')
+    overrides = [f'csn.start={args.csn_start}'] if args.csn_start is not None else []
+    overrides += [f'taps from block {args.csn_taps_from}'] if args.csn_taps_from else []
+    if overrides:
+        title += f'; side network overridden: {", ".join(overrides)}'
     lines = [f'# Memory scaling: {title}', '']
     if checks:
         lines += [f'Estimator vs real CPU tensor peak (batch {args.validate_batch_size}):', '',
@@ -186,8 +222,9 @@ def write_outputs(args, checks: list, rows: list) -> dict:
         lines += [f'| {c["arch"]} | {c["method"]} | {c["estimated_mb"]:.1f} | '
                   f'{c["measured_mb"]:.1f} | {100 * c["error"]:+.2f} % |' for c in checks]
         lines.append('')
-    lines += ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
-    lines += ['| ' + ' | '.join(fmt(r[c]) for c in COLUMNS) + ' |' for r in rows]
+    columns = COLUMNS + (MEASURED_COLUMNS if args.measured else [])
+    lines += ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+    lines += ['| ' + ' | '.join(fmt(r[c]) for c in columns) + ' |' for r in rows]
     goals = goal_lines(rows)
     if goals:
         lines += ['', 'Goals:', *goals]
@@ -195,7 +232,7 @@ def write_outputs(args, checks: list, rows: list) -> dict:
                  png=work_dir / 'memory_scaling.png')
     _write_text_atomic(str(paths['md']), '\n'.join(lines) + '\n')
     table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer = csv.DictWriter(table, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
     _write_text_atomic(str(paths['csv']), table.getvalue())
@@ -233,9 +270,10 @@ def plot(rows: list, title: str, path: Path) -> None:
         ax.set_ylabel('peak memory of a training step (GB, log)')
         ax.set_title(family.upper() if family != 'other' else 'backbones')
         ax.grid(alpha=.3, which='both')
-        ax.legend(fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc='center right', fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
     fig.savefig(path.with_suffix('.tmp.png'), dpi=120)
     plt.close(fig)
     path.with_suffix('.tmp.png').replace(path)
@@ -260,6 +298,11 @@ def parse_args(argv=None):
                         help='override the side network\'s M (csn.start) of every arch')
     parser.add_argument('--csn-taps-from', type=int,
                         help='tap only the blocks from this index on (every arch)')
+    parser.add_argument('--breakdown', type=int, default=0, metavar='N',
+                        help='print the N largest kinds of tensor alive at each peak')
+    parser.add_argument('--measured', nargs='*', default=[], metavar='ARCH=CSV',
+                        help="benchmark.py's benchmark.csv of an arch, to compare its "
+                             "measured peaks with the estimates")
     parser.add_argument('--work-dir', default='work_dirs/memory_scaling')
     args = parser.parse_args(argv)
     bench = load_benchmark()
@@ -288,13 +331,23 @@ def main(argv=None):
         for method in args.methods:
             tic = time.perf_counter()
             row = step_memory(bench, recipe_of(bench, args, arch), method, args.batch_size,
-                              args.img_size, args.num_classes, fake=True)
+                              args.img_size, args.num_classes, fake=True,
+                              breakdown=args.breakdown > 0)
             row['arch'] = arch
             rows.append(row)
             print(f'  {arch} {method}: weights {row["weights_mb"]:.0f} MB, grads '
                   f'{row["grads_mb"]:.0f} MB, optimizer {row["optimizer_mb"]:.0f} MB, '
                   f'activations {row["activations_mb"]:.0f} MB, peak {row["peak_gb"]:.2f} GB '
                   f'({time.perf_counter() - tic:.1f} s)', flush=True)
+            if args.breakdown:
+                print(f'    at the peak, besides weights, gradients and optimizer state '
+                      f'({row["weights_mb"] + row["grads_mb"] + row["optimizer_mb"]:.0f} MB):')
+                for nbytes, count, op, dtype, shape in row.pop('peak_breakdown')[
+                        :args.breakdown]:
+                    print(f'    {nbytes / MB:9.1f} MB  {count:3d} x {dtype} {list(shape)} '
+                          f'from {op}')
+    if args.measured:
+        add_measured(rows, read_measured(args.measured))
     paths = write_outputs(args, checks, rows)
     print(Path(paths['md']).read_text())
     print('wrote', ', '.join(paths.values()))
