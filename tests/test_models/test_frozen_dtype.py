@@ -201,3 +201,32 @@ def test_checkpoint_load_from_and_resume(tmp_path):
     weight = loaded.model.backbone.layers[0].attn.qkv.weight
     assert weight.dtype == torch.bfloat16
     assert torch.equal(weight, state['backbone.layers.0.attn.qkv.weight'])
+
+
+def test_multitask_serving_on_a_half_stored_trunk(tmp_path):
+    from mmdtl.models.multitask import MultiTaskDTL
+
+    half_cfg = {**VIT, 'frozen_weights_dtype': 'bfloat16'}
+    torch.manual_seed(0)
+    trunk = {k: v for k, v in MODELS.build(classifier()).backbone.state_dict().items()
+             if not k.startswith('csn.')}  # an fp32 pre-trained trunk
+    torch.save(trunk, tmp_path / 'trunk.pth')
+    singles, paths = [], []
+    for start in (1, 2):
+        model = MODELS.build(classifier(frozen_weights_dtype='bfloat16',
+                                        csn={**VIT['csn'], 'start': start})).eval()
+        model.backbone.load_state_dict(trunk, strict=False)
+        for param in model.backbone.csn.parameters():
+            torch.nn.init.normal_(param, std=0.3)
+        paths.append(str(tmp_path / f'task{start}.pth'))
+        save_task_checkpoint(model, paths[-1])
+        singles.append(model)
+    served = MultiTaskDTL(backbone=half_cfg, tasks=paths,
+                          backbone_checkpoint=str(tmp_path / 'trunk.pth'))
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        outputs = served(images)
+        for name, single in zip(served.task_names, singles):
+            assert torch.equal(outputs[name], single(images)), name
+    with pytest.raises(BackboneMismatchError):  # an fp32-stored trunk is another one
+        MultiTaskDTL(backbone=VIT, tasks=paths, backbone_checkpoint=str(tmp_path / 'trunk.pth'))
