@@ -56,7 +56,8 @@ SWIN_METHODS="full dtl+ dtl+ckpt dtl+_half dtl+ckpt_half"
 GIANT_METHODS="full dtl+ dtl+ckpt_half"
 
 step install 900 bash tools/install.sh
-step "cuda tests" 600 "$PY" -m pytest -q -rA tests/test_cuda
+step "cuda tests" 600 bash -c "set -o pipefail; $PY -m pytest -q -rA tests/test_cuda \
+    | tee $OUT/cuda_tests.log"
 step "benchmark vit-b" 900 "$PY" $BENCH --arch vit-b --methods $ALL_METHODS \
     --work-dir "$OUT/benchmark_vit-b"
 step "benchmark swin-b" 900 "$PY" $BENCH --arch swin-b --methods $SWIN_METHODS \
@@ -97,7 +98,8 @@ EOF
     echo "## CUDA tests"
     echo
     echo '```'
-    grep -E '^(PASSED|FAILED|SKIPPED|ERROR)|passed|failed' "$LOG" | tail -n 20
+    grep -E '^(PASSED|FAILED|SKIPPED|ERROR)|[0-9]+ (passed|failed|skipped)' \
+        "$OUT/cuda_tests.log" 2>&1 | tail -n 20
     echo '```'
     for arch in vit-b swin-b vit-dinov2-g; do
         if [ -f "$OUT/benchmark_$arch/benchmark.md" ]; then
