@@ -86,20 +86,19 @@ def _restore_half_stored(base: type, state: dict) -> nn.Module:
     return module
 
 
-def parse_frozen_weights_dtype(dtype, owner: str) -> Optional[torch.dtype]:
-    """``None`` or a key of :data:`FROZEN_WEIGHTS_DTYPES` -> torch dtype."""
-    if dtype is None:
-        return None
+def parse_frozen_weights_dtype(dtype, owner: str) -> Optional[str]:
+    """``None``, a key of :data:`FROZEN_WEIGHTS_DTYPES` or its torch dtype
+    -> the key."""
     if isinstance(dtype, torch.dtype):
         dtype = str(dtype).replace('torch.', '')
-    if dtype not in FROZEN_WEIGHTS_DTYPES:
+    if dtype is not None and dtype not in FROZEN_WEIGHTS_DTYPES:
         raise ValueError(f'{owner}: frozen_weights_dtype={dtype!r} is not supported; use '
                          f'None (fp32) or one of {sorted(FROZEN_WEIGHTS_DTYPES)}')
-    return FROZEN_WEIGHTS_DTYPES[dtype]
+    return dtype
 
 
 def store_frozen_weights(backbone: nn.Module, dtype, owner: str,
-                         skip: str = 'csn') -> Optional[torch.dtype]:
+                         skip: str = 'csn') -> Optional[str]:
     """Store the frozen linear/conv weights of ``backbone`` in ``dtype``.
 
     Converts in place every ``nn.Linear``/``nn.Conv{1,2,3}d`` outside
@@ -113,21 +112,22 @@ def store_frozen_weights(backbone: nn.Module, dtype, owner: str,
         skip (str): Sub-module left alone (the side network).
 
     Returns:
-        torch.dtype | None: The storage dtype.
+        str | None: The storage dtype's name, as in a config.
     """
-    dtype = parse_frozen_weights_dtype(dtype, owner)
-    if dtype is None:
+    name = parse_frozen_weights_dtype(dtype, owner)
+    if name is None:
         return None
+    dtype = FROZEN_WEIGHTS_DTYPES[name]
     if not getattr(backbone, 'freeze_backbone', True):
-        raise ValueError(f'{owner}: frozen_weights_dtype={dtype} stores frozen weights in '
+        raise ValueError(f'{owner}: frozen_weights_dtype={name!r} stores frozen weights in '
                          f'half precision; it needs freeze_backbone=True')
     if getattr(backbone, 'frozen_linear_packs', None) is not None:
         raise ValueError(f'{owner}: pack_frozen_weights=True packs fp32 weights for fp32 CPU '
-                         f'steps, frozen_weights_dtype={dtype} stores them for AMP; set '
+                         f'steps, frozen_weights_dtype={name!r} stores them for AMP; set '
                          f'one of them only')
     converted = 0
-    for name, module in backbone.named_modules():
-        if name == skip or name.startswith(skip + '.') or not isinstance(module, _CONVERTIBLE):
+    for path, module in backbone.named_modules():
+        if path == skip or path.startswith(skip + '.') or not isinstance(module, _CONVERTIBLE):
             continue
         params = list(module.parameters(recurse=False))
         if isinstance(module, HalfStoredMixin) or any(p.requires_grad for p in params):
@@ -137,6 +137,6 @@ def store_frozen_weights(backbone: nn.Module, dtype, owner: str,
         module.__class__ = half_stored_class(type(module))
         converted += 1
     if not converted:
-        raise ValueError(f'{owner}: frozen_weights_dtype={dtype} found no frozen Linear or '
+        raise ValueError(f'{owner}: frozen_weights_dtype={name!r} found no frozen Linear or '
                          f'Conv layer outside {skip!r} to store')
-    return dtype
+    return name

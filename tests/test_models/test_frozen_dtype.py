@@ -230,3 +230,9 @@ def test_multitask_serving_on_a_half_stored_trunk(tmp_path):
             assert torch.equal(outputs[name], single(images)), name
     with pytest.raises(BackboneMismatchError):  # an fp32-stored trunk is another one
         MultiTaskDTL(backbone=VIT, tasks=paths, backbone_checkpoint=str(tmp_path / 'trunk.pth'))
+
+
+def test_the_option_reads_back_as_configured():
+    assert build(VIT).frozen_weights_dtype is None
+    assert build(VIT, frozen_weights_dtype=torch.float16).frozen_weights_dtype == 'float16'
+    assert build(SWIN, frozen_weights_dtype='bfloat16').frozen_weights_dtype == 'bfloat16'
