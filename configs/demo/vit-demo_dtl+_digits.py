@@ -3,8 +3,9 @@ _base_ = ['./_base_/dtl+.py']
 
 task = 'digits'
 num_classes = 10
-# chosen on train800 -> val200 by tools/misc/sweep_demo_lr.py
-lr = 1e-3
+# chosen on train800 -> val200 by tools/misc/sweep_demo_lr.py --write
+# (val200 top-1 of the grid, seed 0: 0.003: 86.5, 0.01: 92.5, 0.03: 94.5, 0.09: 92.5)
+lr = 0.03
 
 model = dict(head=dict(num_classes=num_classes))
 data_preprocessor = dict(num_classes=num_classes)

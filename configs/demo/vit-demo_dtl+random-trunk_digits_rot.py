@@ -4,8 +4,9 @@ _base_ = ['./_base_/dtl+random-trunk.py']
 
 task = 'digits_rot'
 num_classes = 4
-# chosen on train800 -> val200 by tools/misc/sweep_demo_lr.py
-lr = 1e-3
+# chosen on train800 -> val200 by tools/misc/sweep_demo_lr.py --write
+# (val200 top-1 of the grid, seed 0: 0.003: 71.5, 0.01: 76.0, 0.03: 81.0, 0.09: 72.0)
+lr = 0.03
 
 model = dict(head=dict(num_classes=num_classes))
 data_preprocessor = dict(num_classes=num_classes)

@@ -3,8 +3,9 @@ _base_ = ['./_base_/full.py']
 
 task = 'digits'
 num_classes = 10
-# chosen on train800 -> val200 by tools/misc/sweep_demo_lr.py
-lr = 1e-3
+# chosen on train800 -> val200 by tools/misc/sweep_demo_lr.py --write
+# (val200 top-1 of the grid, seed 0: 0.0001: 92.5, 0.0003: 96.5, 0.001: 97.5, 0.00333: 96.5)
+lr = 0.001
 
 model = dict(head=dict(num_classes=num_classes))
 data_preprocessor = dict(num_classes=num_classes)

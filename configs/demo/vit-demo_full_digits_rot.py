@@ -3,8 +3,9 @@ _base_ = ['./_base_/full.py']
 
 task = 'digits_rot'
 num_classes = 4
-# chosen on train800 -> val200 by tools/misc/sweep_demo_lr.py
-lr = 1e-3
+# chosen on train800 -> val200 by tools/misc/sweep_demo_lr.py --write
+# (val200 top-1 of the grid, seed 0: 0.0001: 78.0, 0.0003: 84.5, 0.001: 85.5, 0.00333: 81.0)
+lr = 0.001
 
 model = dict(head=dict(num_classes=num_classes))
 data_preprocessor = dict(num_classes=num_classes)

@@ -3,8 +3,9 @@ _base_ = ['./_base_/full.py']
 
 task = 'fashion'
 num_classes = 10
-# chosen on train800 -> val200 by tools/misc/sweep_demo_lr.py
-lr = 1e-3
+# chosen on train800 -> val200 by tools/misc/sweep_demo_lr.py --write
+# (val200 top-1 of the grid, seed 0: 3.33e-05: 81.0, 0.0001: 86.0, 0.0003: 84.5, 0.001: 80.0)
+lr = 0.0001
 
 model = dict(head=dict(num_classes=num_classes))
 data_preprocessor = dict(num_classes=num_classes)

@@ -3,8 +3,9 @@ _base_ = ['./_base_/linear.py']
 
 task = 'digits'
 num_classes = 10
-# chosen on train800 -> val200 by tools/misc/sweep_demo_lr.py
-lr = 1e-3
+# chosen on train800 -> val200 by tools/misc/sweep_demo_lr.py --write
+# (val200 top-1 of the grid, seed 0: 0.003: 77.5, 0.01: 85.5, 0.03: 84.5)
+lr = 0.01
 
 model = dict(head=dict(num_classes=num_classes))
 data_preprocessor = dict(num_classes=num_classes)

@@ -3,8 +3,9 @@ _base_ = ['./_base_/lora.py']
 
 task = 'fashion'
 num_classes = 10
-# chosen on train800 -> val200 by tools/misc/sweep_demo_lr.py
-lr = 1e-3
+# chosen on train800 -> val200 by tools/misc/sweep_demo_lr.py --write
+# (val200 top-1 of the grid, seed 0: 0.000333: 88.0, 0.001: 88.5, 0.003: 85.0, 0.01: 82.5)
+lr = 0.001
 
 model = dict(head=dict(num_classes=num_classes))
 data_preprocessor = dict(num_classes=num_classes)

@@ -156,3 +156,11 @@ def test_run_suite_mini_vtab(tmp_path, capsys):
                       'Mean']
     assert rows[0] == ['dtl', 80., 90., 60., 85., 60., 72.5]
     assert rows[1] == ['full', None, 99., None, None, None, None]
+
+
+def test_sweep_extends_a_grid_whose_best_lr_is_on_its_edge():
+    assert sweep.next_lr(OrderedDict([(3e-3, 80.), (1e-2, 85.), (3e-2, 90.)])) == \
+        pytest.approx(9e-2)
+    assert sweep.next_lr(OrderedDict([(1e-4, 90.), (3e-4, 80.), (1e-3, 70.)])) == \
+        pytest.approx(1e-4 / 3)
+    assert sweep.next_lr(OrderedDict([(1e-4, 80.), (3e-4, 90.), (1e-3, 70.)])) is None

@@ -3,6 +3,8 @@
 For every method and task of the demo (``configs/demo/``) and every lr of the
 method's grid, trains on ``train800`` and tests on ``val200`` (seed 0), as the
 released VTAB-1k recipes were tuned per task; ``test`` is never looked at.
+Where the best lr is on the grid's edge, the grid is extended by its own ratio
+(up to ``--extend`` steps).
 Prints and writes ``<work-dir>/sweep.md``; with ``--write`` the best lr of each
 config (ties: the smaller lr) is written into the config with the grid's
 val200 accuracies next to it.
@@ -18,6 +20,7 @@ import re
 import sys
 import time
 from collections import OrderedDict
+from typing import Optional
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import transfer_demo as demo  # noqa: E402
@@ -68,6 +71,8 @@ def parse_args(argv=None):
                         choices=list(demo.MINI_VTAB_TASKS))
     parser.add_argument('--lrs', nargs='+', type=float,
                         help='one grid for every method (default: the grid per method)')
+    parser.add_argument('--extend', type=int, default=2,
+                        help='steps to extend a grid whose best lr is on its edge')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--work-dir', default='work_dirs/demo_sweep')
     parser.add_argument('--data-root', default='data/mini-vtab')
@@ -81,24 +86,54 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def next_lr(grid: 'OrderedDict[float, float]') -> Optional[float]:
+    """One more step beyond the grid's edge when the best lr lies on it (the
+    grid's own ratio), else None."""
+    lrs = sorted(grid)
+    if len(lrs) < 2:
+        return None
+    best = best_lr(grid)
+    if best == lrs[-1]:
+        return lrs[-1] * lrs[-1] / lrs[-2]
+    if best == lrs[0]:
+        return lrs[0] * lrs[0] / lrs[1]
+    return None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     sha = demo.prepare(args)
     base = demo.data_options(args.data_root)
     base.update(demo._parse_options(args.cfg_options))
-    plan = [(m, t, lr) for m in args.methods for t in args.tasks
-            for lr in (args.lrs or GRIDS[m])]
-    print(f'lr sweep: {len(plan)} runs on train800 -> val200', flush=True)
+    pairs = [(m, t) for m in args.methods for t in args.tasks]
+    print(f'lr sweep: {len(pairs)} configs on train800 -> val200, grids extended up to '
+          f'{args.extend} step(s) where the best lr is on an edge', flush=True)
     results = OrderedDict()
     start = time.time()
-    for i, (method, task, lr) in enumerate(plan, 1):
-        options = dict(base, **{'optim_wrapper.optimizer.lr': lr})
-        record = demo.run_one(method, task, args.seed, osp.join(args.work_dir, f'lr{lr:g}'),
-                              sha, options, val=True, force=args.force, measure=False,
-                              checkpoint=osp.abspath(args.checkpoint))
-        results.setdefault((method, task), OrderedDict())[lr] = record['top1']
-        print(f'[{i:2d}/{len(plan)}] {method:16s} {task:10s} lr {lr:<7g} val200 top-1 '
-              f'{record["top1"]:5.1f} %  ({time.time() - start:.0f} s elapsed)', flush=True)
+    count = 0
+    for method, task in pairs:
+        grid = results.setdefault((method, task), OrderedDict())
+        todo = list(args.lrs or GRIDS[method])
+        extended = 0
+        while todo:
+            lr = float(f'{todo.pop(0):.3g}')
+            # the config's own `lr` variable too, so a run's key does not
+            # depend on what --write recorded there before
+            options = dict(base, **{'optim_wrapper.optimizer.lr': lr, 'lr': lr})
+            record = demo.run_one(method, task, args.seed,
+                                  osp.join(args.work_dir, f'lr{lr:g}'), sha, options,
+                                  val=True, force=args.force, measure=False,
+                                  checkpoint=osp.abspath(args.checkpoint))
+            grid[lr] = record['top1']
+            count += 1
+            print(f'[{count:2d}] {method:16s} {task:10s} lr {lr:<7g} val200 top-1 '
+                  f'{record["top1"]:5.1f} %  ({time.time() - start:.0f} s elapsed)', flush=True)
+            if not todo and extended < args.extend:
+                more = next_lr(grid)
+                if more is not None:
+                    todo.append(more)
+                    extended += 1
+        results[method, task] = OrderedDict(sorted(grid.items()))
 
     lines = ['| method | task | val200 top-1 per lr | best lr |', '|---|---|---|---|']
     for (method, task), grid in results.items():
