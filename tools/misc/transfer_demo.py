@@ -365,14 +365,24 @@ def plot(path: str, rows: 'OrderedDict[str, dict]', title: str) -> None:
     points = [(m, r) for m, r in rows.items()
               if r['tensor_peak_mb'] is not None and (r['mean'] or _first_cell(r))]
     largest = max([r['trainable_backbone'] for _, r in points] + [1])
+    span = max([r['tensor_peak_mb'] for _, r in points] + [1])
     fig, ax = plt.subplots(figsize=(7, 5))
-    for i, (method, row) in enumerate(points):
-        y = (row['mean'] or _first_cell(row))[0]
-        size = 40 + 1500 * row['trainable_backbone'] / largest
-        ax.scatter(row['tensor_peak_mb'], y, s=size, alpha=.6, label=METHODS.get(method, method))
-        ax.annotate(f'{METHODS.get(method, method)}\n{row["trainable_backbone"]:,} params',
-                    (row['tensor_peak_mb'], y), textcoords='offset points',
-                    xytext=(10, -12 + 8 * (i % 3)), fontsize=7)
+    # methods at about the same memory (the DTL variants): labels alternate sides
+    in_column, left = {}, {}
+    for method, row in sorted(points, key=lambda p: -(p[1]['mean'] or _first_cell(p[1]))[0]):
+        column = round(row['tensor_peak_mb'] / (0.05 * span))
+        left[method] = in_column.get(column, 0) % 2 == 1
+        in_column[column] = in_column.get(column, 0) + 1
+    for method, row in points:
+        mean, std, n = row['mean'] or _first_cell(row)
+        x, label = row['tensor_peak_mb'], METHODS.get(method, method)
+        ax.scatter(x, mean, s=40 + 1500 * row['trainable_backbone'] / largest, alpha=.6,
+                   label=label)
+        if n > 1:
+            ax.errorbar(x, mean, yerr=std, fmt='none', ecolor='k', elinewidth=.8, capsize=3)
+        ax.annotate(f'{label}\n{row["trainable_backbone"]:,} params', (x, mean),
+                    textcoords='offset points', xytext=(-10 if left[method] else 10, -4),
+                    ha='right' if left[method] else 'left', va='center', fontsize=7)
     ax.set_xlabel('training step tensor peak (MB, CPU, batch 32)')
     ax.set_ylabel('mean top-1 (%)' if points and points[0][1]['mean'] else 'top-1 (%)')
     ax.set_title(title, fontsize=9)
