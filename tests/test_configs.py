@@ -33,5 +33,10 @@ def test_config_builds_model(path):
         model = model_registry(scope).build(cfg.model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    # DTL trains a small fraction of the model: the side network, neck and head.
-    assert 0 < trainable < 0.5 * total
+    if path.parent.name == 'pretrain' or '_full_' in path.name:
+        # pre-training and the demo's full fine-tuning baseline train everything
+        assert trainable == total
+    else:
+        # DTL (and the demo's LoRA / linear baselines) train a small fraction:
+        # the side network or adapters, neck and head.
+        assert 0 < trainable < 0.5 * total
