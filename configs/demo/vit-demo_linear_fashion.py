@@ -4,7 +4,8 @@ _base_ = ['./_base_/linear.py']
 task = 'fashion'
 num_classes = 10
 # chosen on train800 -> val200 by tools/misc/sweep_demo_lr.py --write
-# (val200 top-1 of the grid, seed 0: 0.00027: 90.5, 0.0009: 90.0, 0.003: 87.5, 0.01: 86.0, 0.03: 83.5)
+# (val200 top-1 of the grid, seed 0: 0.00027: 90.5, 0.0009: 90.0, 0.003: 87.5, 0.01: 86.0,
+# 0.03: 83.5)
 lr = 0.00027
 
 model = dict(head=dict(num_classes=num_classes))

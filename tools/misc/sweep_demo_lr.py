@@ -40,10 +40,15 @@ LR_BLOCK = re.compile(r'^# chosen on train800 -> val200 by .*?\nlr = [^\n]*\n',
 
 
 def lr_block(grid_results: 'OrderedDict[float, float]', best: float) -> str:
-    scores = ', '.join(f'{lr:g}: {top1:.1f}' for lr, top1 in grid_results.items())
-    return ('# chosen on train800 -> val200 by tools/misc/sweep_demo_lr.py --write\n'
-            f'# (val200 top-1 of the grid, seed 0: {scores})\n'
-            f'lr = {best:g}\n')
+    comment = ['(val200 top-1 of the grid, seed 0:']
+    for i, (lr, top1) in enumerate(grid_results.items()):
+        item = f'{lr:g}: {top1:.1f}' + (')' if i == len(grid_results) - 1 else ',')
+        if len(comment[-1]) + len(item) > 94:
+            comment.append(item)
+        else:
+            comment[-1] += ' ' + item
+    return ('# chosen on train800 -> val200 by tools/misc/sweep_demo_lr.py --write\n' +
+            ''.join(f'# {line}\n' for line in comment) + f'lr = {best:g}\n')
 
 
 def write_lr(config: str, grid_results: 'OrderedDict[float, float]', best: float) -> None:
