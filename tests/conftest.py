@@ -11,6 +11,9 @@ if str(REPO) not in sys.path:
 
 # Tests run on CPU with small models; keep BLAS from oversubscribing 2 cores.
 os.environ.setdefault('OMP_NUM_THREADS', '2')
+# Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine the
+# spinning threads of one process (or of the 2-process tests) starve the others.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 
 @pytest.fixture
