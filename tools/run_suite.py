@@ -37,7 +37,6 @@ import argparse
 import csv
 import glob
 import json
-import math
 import os
 import os.path as osp
 import subprocess
@@ -60,6 +59,8 @@ from mmdtl.datasets.few_shot import (  # noqa: E402
 )
 from mmdtl.datasets.vtab import VTAB1K_GROUPS, VTAB1K_TASKS  # noqa: E402
 from mmdtl.utils.run_pool import device_groups, run_on_devices  # noqa: E402
+from mmdtl.utils.stats import mean as _mean  # noqa: E402
+from mmdtl.utils.stats import sample_std as _std  # noqa: E402
 
 # suite -> (kind, config glob relative to the repository)
 SUITES = OrderedDict([
@@ -436,18 +437,6 @@ def plan_launches(args) -> List[Launch]:
 
 # ----------------------------------------------------------------------------
 # Tables (pure functions of the collected metrics)
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
-
-
-def _std(values: Sequence[float]) -> float:
-    """Sample standard deviation (0 for one value)."""
-    if len(values) < 2:
-        return 0.
-    m = _mean(values)
-    return math.sqrt(sum((v - m)**2 for v in values) / (len(values) - 1))
 
 
 def _fmt(value: Optional[float]) -> str:

@@ -28,7 +28,6 @@ import contextlib
 import csv
 import hashlib
 import json
-import math
 import os
 import os.path as osp
 import sys
@@ -46,6 +45,8 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from mmdtl.datasets.mini_vtab import MINI_VTAB_GROUPS, MINI_VTAB_TASKS  # noqa: E402
+from mmdtl.utils.stats import mean as _mean  # noqa: E402
+from mmdtl.utils.stats import sample_std as _std  # noqa: E402
 
 # method -> label of the tables, in table order
 METHODS = OrderedDict([
@@ -259,17 +260,6 @@ def run_one(method: str, task: str, seed: int, work_root: str, backbone_sha: str
 
 # ----------------------------------------------------------------------------
 # Table and plot (pure functions of the records)
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
-
-
-def _std(values: Sequence[float]) -> float:
-    if len(values) < 2:
-        return 0.
-    m = _mean(values)
-    return math.sqrt(sum((v - m)**2 for v in values) / (len(values) - 1))
 
 
 def summarize(records: List[dict], tasks: Sequence[str]) -> 'OrderedDict[str, dict]':
