@@ -89,3 +89,41 @@ def test_dtl_saves_fewer_activation_bytes_than_lora_and_full():
     assert dtl_ckpt < dtl_plus
     # Without the side-output recomputation DTL+ keeps more.
     assert step_bytes(build('dtl+', recompute=False)) > dtl_plus
+
+
+def _saved_storages(model, images):
+    """(dtype, nbytes) of every storage saved for backward by one bf16-autocast
+    training forward, parameters excluded."""
+    model.train()
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    saved = {}
+
+    def pack(tensor):
+        key = tensor.untyped_storage()._cdata
+        if key not in params:
+            saved[key] = (tensor.dtype, tensor.untyped_storage().nbytes())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast('cpu', torch.bfloat16):
+        loss = model(images)[0].float().sum()
+    loss.backward()
+    return list(saved.values())
+
+
+def test_checkpointed_suffix_keeps_no_tap_copy_of_its_inputs():
+    """Under autocast the CSN tap casts each block input to bf16; with the tap
+    inside the suffix block's checkpoint, backward keeps per suffix block only
+    its fp32 input and the bf16 running sum, and bf16 input copies only for
+    the prefix taps (blocks 0..M)."""
+    images = torch.randn(4, 3, 32, 32)
+    model = build('dtl+', checkpoint_suffix=True)
+    tokens = 4 * 17 * 32  # batch x (cls + 4x4 patches) x dims
+    saved = _saved_storages(model, images)
+    num_prefix, num_suffix = model.csn.start + 1, model.num_layers - model.csn.start - 1
+    assert sum(1 for s in saved if s == (torch.float32, tokens * 4)) == num_suffix
+    # Prefix tap copies + one running sum per suffix block (the tap copies of
+    # the suffix blocks, 2 more, are gone).
+    assert sum(1 for s in saved if s == (torch.bfloat16, tokens * 2)) == num_prefix + num_suffix
+    plain = _saved_storages(build('dtl+'), images)
+    assert sum(n for _, n in saved) < sum(n for _, n in plain)

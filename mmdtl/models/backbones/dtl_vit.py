@@ -44,8 +44,10 @@ class DTLViT(VisionTransformer):
         checkpoint_suffix (bool): Activation checkpointing of the blocks
             after ``M``: they keep only their input for backward (which the
             CSN taps keep anyway) and are recomputed during backward, still
-            passing gradients to the side network. Trades compute for
-            memory. Defaults to False.
+            passing gradients to the side network; the CSN tap and add-back
+            of each such block run inside its checkpoint, so the tap's
+            (autocast) copy of the input is not kept either. Trades compute
+            for memory. Defaults to False.
         prefix_cache (dict, optional): Cache the frozen prefix's features
             per image and skip the prefix forward on a hit (see
             :class:`PrefixFeatureCache` for the keys, e.g.
@@ -177,10 +179,24 @@ class DTLViT(VisionTransformer):
         with packed_linears(self.frozen_linear_packs, x):
             return self._forward(x)
 
-    def _run_block(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _run_suffix_block(self, index: int, layer: nn.Module, x: torch.Tensor,
+                          running_sum: Optional[torch.Tensor],
+                          grid: tuple) -> Tuple[torch.Tensor, torch.Tensor]:
+        """CSN tap, block ``index`` and add-back: the unit that
+        ``checkpoint_suffix`` recomputes during backward.
+
+        Args:
+            index (int): Index of the block (after M).
+            layer (nn.Module): The block.
+            x (Tensor): Its input tokens.
+            running_sum (Tensor | None): The CSN running sum before its tap.
+            grid (tuple): (H, W) of the patch tokens.
+        """
         # Checkpointing recomputes the block during backward, outside forward.
         with packed_linears(self.frozen_linear_packs, x):
-            return layer(x)
+            running_sum = self.csn.tap(index, x, running_sum)
+            x = layer(x)
+        return self.csn.add_back(index, x, running_sum, grid, self.num_extra_tokens), running_sum
 
     def _forward(self, x: torch.Tensor) -> tuple:
         grad_enabled = torch.is_grad_enabled()
@@ -197,16 +213,23 @@ class DTLViT(VisionTransformer):
         running_sum = None
         outs = []
         for i, layer in enumerate(self.layers):
-            running_sum = self.csn.tap(i, x if i >= first else tap_inputs.get(i), running_sum)
-            if i >= first:
-                # Block i's input is task-independent up to M: no graph needed.
-                in_prefix = no_grad_prefix and i <= self.csn.start
-                with torch.set_grad_enabled(grad_enabled and not in_prefix):
-                    if self.checkpoint_suffix and not in_prefix and x.requires_grad:
-                        x = cp.checkpoint(self._run_block, layer, x, use_reentrant=False)
-                    else:
+            # Block i's input is task-independent up to M: no graph needed.
+            in_prefix = no_grad_prefix and i <= self.csn.start
+            if (i >= first and self.checkpoint_suffix and not in_prefix and grad_enabled
+                    and x.requires_grad):
+                # Tap, block and add-back in one checkpoint: backward keeps only
+                # the block input and the running sum, not also the tap's
+                # (autocast) copy of the input.
+                x, running_sum = cp.checkpoint(
+                    self._run_suffix_block, i, layer, x, running_sum, grid,
+                    use_reentrant=False)
+            else:
+                running_sum = self.csn.tap(
+                    i, x if i >= first else tap_inputs.get(i), running_sum)
+                if i >= first:
+                    with torch.set_grad_enabled(grad_enabled and not in_prefix):
                         x = layer(x)
-            x = self.csn.add_back(i, x, running_sum, grid, self.num_extra_tokens)
+                x = self.csn.add_back(i, x, running_sum, grid, self.num_extra_tokens)
             if i == len(self.layers) - 1 and self.final_norm:
                 x = self.ln1(x)
             if i in self.out_indices:
