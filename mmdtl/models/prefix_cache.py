@@ -77,17 +77,27 @@ PREFIX_BACKBONE_SETTINGS = ('img_size', 'patch_resolution', 'interpolate_mode',
 _NEUTRAL_ATTRS = ('training', 'init_cfg', 'with_cp', 'inplace')
 
 
-def check_deterministic_prefix(prefix_blocks, drop_after_pos: nn.Module, start: int) -> None:
+def check_deterministic_prefix(prefix_blocks, drop_after_pos: nn.Module, start: int,
+                               option: str = 'prefix_cache') -> None:
     """Refuse a prefix (blocks ``0..M``) whose outputs differ between training
-    passes (drop path, dropout), since cached features would then be wrong."""
+    passes (drop path, dropout), since cached (or recomputed) features would
+    then be wrong.
+
+    Args:
+        prefix_blocks (Sequence[nn.Module]): Blocks ``0..M``.
+        drop_after_pos (nn.Module): The dropout after the position embedding.
+        start (int): ``M``.
+        option (str): The option that needs it, named in the error.
+            Defaults to ``'prefix_cache'``.
+    """
     stochastic = [i for i, block in enumerate(prefix_blocks) if any(
         getattr(m, 'drop_prob', 0) > 0 or (isinstance(m, nn.Dropout) and m.p > 0)
         for m in block.modules())]
     if stochastic or drop_after_pos.p > 0:
         raise ValueError(
-            f'prefix_cache needs a deterministic prefix, but blocks {stochastic} (<= '
+            f'{option} needs a deterministic prefix, but blocks {stochastic} (<= '
             f'csn.start={start}) use drop path/dropout during training; set '
-            f'drop_path_rate=0 and drop_rate=0, or remove prefix_cache')
+            f'drop_path_rate=0 and drop_rate=0, or remove {option}')
 
 
 def build_prefix_cache(backbone: nn.Module,

@@ -5,7 +5,7 @@ Backbones only decide *where* to tap and *where* to add back (see
 :class:`CompactSideNetwork`.
 """
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -183,8 +183,46 @@ class CompactSideNetwork(BaseModule):
         key = str(index)
         if key not in self.down_projs:
             return running_sum
-        side = F.linear(F.linear(tokens, self.down_projs[key]), self.up_projs[key])
+        side = low_rank(tokens, self.down_projs[key], self.up_projs[key])
         return side if running_sum is None else running_sum + side
+
+    def recomputed_prefix_taps(self, run_prefix: Callable, prefix_input: torch.Tensor
+                               ) -> Tuple[torch.Tensor, torch.Tensor, Any]:
+        """The running sum after the taps of a frozen prefix (blocks ``0..M``)
+        without keeping the tapped block inputs for backward.
+
+        ``run_prefix(prefix_input, on_tap)`` runs the frozen prefix, calls
+        ``on_tap(i, tokens)`` with the input of every block ``i <= M`` and
+        returns ``(output of block M, aux)``. Forward runs it once (no grad)
+        and accumulates h with :meth:`tap`; backward keeps only
+        ``prefix_input``, runs the prefix again (no grad) and forms every
+        tap's ``A_i``/``B_i`` gradient from dL/dh, which all prefix taps share
+        since h is first used at block M. Gradients equal those of :meth:`tap`
+        on stored inputs; the cost is a second prefix forward in backward.
+        The prefix must be deterministic (no drop path/dropout) and frozen.
+
+        Args:
+            run_prefix (Callable): The prefix, see above.
+            prefix_input (Tensor): Its input (e.g. the images).
+
+        Returns:
+            tuple: h after tap ``M``, the output of block ``M`` (no grad) and
+            ``aux`` from the forward run.
+        """
+        prefix_stages = set(self.stages[:self.start + 1])
+        if len(prefix_stages) > 1:
+            raise ValueError(f'csn: recomputed prefix taps need one stage up to start='
+                             f'{self.start}, got stages {sorted(prefix_stages)}')
+        keys = [str(i) for i in self.taps if i <= self.start]
+        params = [p for key in keys for p in (self.down_projs[key], self.up_projs[key])]
+        aux = {}
+
+        def run(inputs, on_tap):
+            out, aux['value'] = run_prefix(inputs, on_tap)
+            return out
+
+        running_sum, out = _RecomputedPrefixTaps.apply(self, run, keys, prefix_input, *params)
+        return running_sum, out, aux['value']
 
     def side_output(self, index: int, running_sum: torch.Tensor,
                     grid: Tuple[int, int], num_extra_tokens: int = 0) -> torch.Tensor:
@@ -229,6 +267,55 @@ class CompactSideNetwork(BaseModule):
                 f'beta={self.beta}, dwconv_kernel={self.dwconv_kernel}')
 
 
+def low_rank(tokens: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """One tap's side term ``tokens @ A^T @ B^T``."""
+    return F.linear(F.linear(tokens, down), up)
+
+
+def _autocast_state(device_type: str) -> dict:
+    return dict(device_type=device_type, enabled=torch.is_autocast_enabled(device_type),
+                dtype=torch.get_autocast_dtype(device_type))
+
+
+class _RecomputedPrefixTaps(torch.autograd.Function):
+    """See :meth:`CompactSideNetwork.recomputed_prefix_taps`."""
+
+    @staticmethod
+    def forward(ctx, csn, run_prefix, keys, prefix_input, *params):
+        state = {}
+
+        def on_tap(index, tokens):
+            state['h'] = csn.tap(index, tokens, state.get('h'))
+
+        out = run_prefix(prefix_input, on_tap)
+        ctx.csn, ctx.run_prefix, ctx.keys = csn, run_prefix, keys
+        # Backward recomputes under the forward's autocast, for equal gradients.
+        ctx.autocast = _autocast_state(prefix_input.device.type)
+        ctx.save_for_backward(prefix_input)
+        ctx.mark_non_differentiable(out)  # the frozen prefix's output has no task gradient
+        return state['h'], out
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_out):
+        prefix_input, = ctx.saved_tensors
+        csn, grads = ctx.csn, {}
+
+        def on_tap(index, tokens):
+            key = str(index)
+            if key not in ctx.keys:
+                return
+            down = csn.down_projs[key].detach().requires_grad_()
+            up = csn.up_projs[key].detach().requires_grad_()
+            # Every tap up to M is summed unchanged into h: its side term gets dL/dh.
+            with torch.enable_grad(), torch.autocast(**ctx.autocast):
+                side = low_rank(tokens, down, up)
+            grads[key] = torch.autograd.grad(side, (down, up), grad_h)
+
+        with torch.no_grad(), torch.autocast(**ctx.autocast):
+            ctx.run_prefix(prefix_input, on_tap)
+        return (None, None, None, None, *[g for key in ctx.keys for g in grads[key]])
+
+
 def build_side_network(csn_cfg: Union[dict, 'CompactSideNetwork'],
                        **defaults) -> 'CompactSideNetwork':
     """Build the ``csn`` slot of a DTL backbone, filling in what the backbone
@@ -245,4 +332,4 @@ def build_side_network(csn_cfg: Union[dict, 'CompactSideNetwork'],
     return MODELS.build(cfg)
 
 
-__all__ = ['CompactSideNetwork', 'build_side_network', 'swish']
+__all__ = ['CompactSideNetwork', 'build_side_network', 'low_rank', 'swish']

@@ -48,6 +48,15 @@ class DTLViT(VisionTransformer):
             of each such block run inside its checkpoint, so the tap's
             (autocast) copy of the input is not kept either. Trades compute
             for memory. Defaults to False.
+        recompute_prefix_taps (bool): Keep none of the frozen prefix's
+            tapped block inputs for backward: the prefix's taps run in one
+            autograd function that saves only the images and runs blocks
+            ``0..M`` again during backward (see
+            :meth:`CompactSideNetwork.recomputed_prefix_taps`). Same logits
+            and gradients, one extra prefix forward per step. Needs a frozen,
+            deterministic prefix (no drop path or dropout in blocks
+            ``0..M``), ``out_indices`` after ``M`` and no ``prefix_cache``.
+            Defaults to False.
         prefix_cache (dict, optional): Cache the frozen prefix's features
             per image and skip the prefix forward on a hit (see
             :class:`PrefixFeatureCache` for the keys, e.g.
@@ -83,6 +92,7 @@ class DTLViT(VisionTransformer):
                  csn: dict = dict(type='CompactSideNetwork'),
                  freeze_backbone: bool = True,
                  checkpoint_suffix: bool = False,
+                 recompute_prefix_taps: bool = False,
                  prefix_cache: Optional[dict] = None,
                  pack_frozen_weights: bool = False,
                  allow_random_trunk: bool = False,
@@ -109,6 +119,25 @@ class DTLViT(VisionTransformer):
         self.frozen_linear_packs = build_frozen_linear_packs(pack_frozen_weights, 'DTLViT')
         self.prefix_cache = build_prefix_cache(self, prefix_cache)
         self.frozen_weights_dtype = store_frozen_weights(self, frozen_weights_dtype, 'DTLViT')
+        self.recompute_prefix_taps = recompute_prefix_taps
+        if recompute_prefix_taps:
+            self._check_recomputable()
+
+    def _check_recomputable(self) -> None:
+        """Refuse what ``recompute_prefix_taps`` cannot reproduce in backward."""
+        if self.prefix_cache is not None:
+            raise ValueError('recompute_prefix_taps=True and prefix_cache skip the prefix in '
+                             'different ways; use one of them')
+        if not self._frozen_prefix():
+            raise ValueError('recompute_prefix_taps=True needs a frozen prefix '
+                             '(freeze_backbone=True)')
+        start = self.csn.start
+        check_deterministic_prefix(self.layers[:start + 1], self.drop_after_pos, start,
+                                   option='recompute_prefix_taps')
+        early = [i for i in self.out_indices if i <= start]
+        if early:
+            raise ValueError(f'recompute_prefix_taps: out_indices {early} lie in the prefix '
+                             f'(<= csn.start={start}), whose features are not returned')
 
     def csn_defaults(self) -> dict:
         """What this backbone fills into a side-network config."""
@@ -167,13 +196,33 @@ class DTLViT(VisionTransformer):
     def _prefix_features(self, images: torch.Tensor) -> Tuple[dict, torch.Tensor, tuple]:
         """What the side network and block M + 1 need from the frozen prefix:
         the inputs of the tapped blocks <= M and the output of block M."""
-        x, grid = self._embed(images)
         tap_inputs = {}
-        for i, layer in enumerate(self.layers[:self.csn.start + 1]):
-            if i in self.csn.taps:
-                tap_inputs[i] = x
-            x = layer(x)
+
+        def keep(index, tokens):
+            if index in self.csn.taps:
+                tap_inputs[index] = tokens
+
+        x, grid = self._run_prefix(images, keep)
         return tap_inputs, x, grid
+
+    @torch.no_grad()
+    def _run_prefix(self, images: torch.Tensor, on_tap) -> Tuple[torch.Tensor, tuple]:
+        """Blocks 0..M on ``images``, calling ``on_tap(i, input of block i)``.
+
+        Args:
+            images (Tensor): The input images.
+            on_tap (Callable): Receives every prefix block's index and input.
+
+        Returns:
+            tuple: The output of block M and the patch grid.
+        """
+        # Also called from backward (recomputed taps), outside forward.
+        with packed_linears(self.frozen_linear_packs, images):
+            x, grid = self._embed(images)
+            for i, layer in enumerate(self.layers[:self.csn.start + 1]):
+                on_tap(i, x)
+                x = layer(x)
+        return x, grid
 
     def forward(self, x: torch.Tensor) -> tuple:
         with packed_linears(self.frozen_linear_packs, x):
@@ -205,12 +254,18 @@ class DTLViT(VisionTransformer):
             # Blocks 0..M come from the cache: start the loop at M + 1.
             tap_inputs, x, grid = self.prefix_cache.fetch(self, x, self._prefix_features)
             first = self.csn.start + 1
+        elif self.recompute_prefix_taps and grad_enabled:
+            if not no_grad_prefix:
+                raise ValueError('recompute_prefix_taps=True needs a frozen prefix')
+            # The running sum of taps 0..M arrives whole: the loop starts at M + 1.
+            running_sum, x, grid = self.csn.recomputed_prefix_taps(self._run_prefix, x)
+            tap_inputs, first = None, self.csn.start + 1
         else:
             with torch.set_grad_enabled(grad_enabled and not no_grad_prefix):
                 x, grid = self._embed(x)
             tap_inputs, first = {}, 0
-
-        running_sum = None
+        if tap_inputs is not None:
+            running_sum = None
         outs = []
         for i, layer in enumerate(self.layers):
             # Block i's input is task-independent up to M: no graph needed.
@@ -224,8 +279,9 @@ class DTLViT(VisionTransformer):
                     self._run_suffix_block, i, layer, x, running_sum, grid,
                     use_reentrant=False)
             else:
-                running_sum = self.csn.tap(
-                    i, x if i >= first else tap_inputs.get(i), running_sum)
+                if tap_inputs is not None or i >= first:
+                    running_sum = self.csn.tap(
+                        i, x if i >= first else tap_inputs.get(i), running_sum)
                 if i >= first:
                     with torch.set_grad_enabled(grad_enabled and not in_prefix):
                         x = layer(x)
