@@ -81,7 +81,7 @@ def test_memory_scaling_tool(tmp_path, repo_root, capsys):
     measured = tmp_path / 'benchmark.csv'
     measured.write_text('method,peak_mb\nfull,2.0\ndtl+,0.5\n')
     tool.main(['--archs', 'vit-tiny-test', '--methods', 'full', 'dtl+', 'dtl+_half',
-               'dtl+ckpt_half', '--batch-size', '4', '--img-size', '32',
+               'dtl+ckpt_half', 'dtl+ckpt+rp_half', '--batch-size', '4', '--img-size', '32',
                '--validate', 'vit-tiny-test', '--validate-methods', 'full', 'dtl+ckpt_half',
                '--validate-batch-size', '2', '--tolerance', '1', '--work-dir', str(tmp_path),
                '--measured', f'vit-tiny-test={measured}'])
@@ -104,6 +104,12 @@ def test_memory_scaling_tool(tmp_path, repo_root, capsys):
     assert dtl['grads_mb'] * mb == 4 * dtl['trainable'] < full['grads_mb'] * mb
     assert half['weights_mb'] < 0.6 * dtl['weights_mb']
     assert ckpt['activations_mb'] < half['activations_mb'] <= dtl['activations_mb']
+    # Recomputing the prefix's taps (0..M=2) in backward keeps the fp32
+    # images instead of each tap's bf16 input copy [4, 17, 32], projection
+    # [68, 2] and A copy [2, 32]: more bytes on this tiny model, fewer at 224 px.
+    recomputed = rows['dtl+ckpt+rp_half']
+    delta = 4 * 3 * 32 * 32 * 4 - 3 * 2 * (4 * 17 * 32 + 68 * 2 + 2 * 32)
+    assert abs((recomputed['activations_mb'] - ckpt['activations_mb']) * mb - delta) < 1
     assert half['peak_mb'] < dtl['peak_mb'] < full['peak_mb']
     assert full['measured_peak_mb'] == 2.0 and half['measured_peak_mb'] is None
     assert full['measured_vs_estimate'] == 2.0 / full['peak_mb'] - 1

@@ -28,7 +28,9 @@ of mmpretrain's ``VisionTransformer``/``SwinTransformer`` zoo, with the DTL
 recipe scaled to its depth, see :func:`arch_entry`) or the ``model.backbone``
 and side network of a config file. The ``*_half`` methods store the frozen
 weights in the AMP dtype (``frozen_weights_dtype``: fp16 on a GPU, bf16 with
-``--cpu-bf16``).
+``--cpu-bf16``). ``dtl+ckpt+rp_half`` also recomputes the frozen prefix's CSN
+tap inputs in backward instead of keeping them (``recompute_prefix_taps``,
+which needs a prefix without drop path).
 
 It writes ``benchmark.md``, ``benchmark.csv`` and ``benchmark.png`` (memory vs
 trainable parameters, one marker per method, as in the paper's Figure 1)
@@ -68,9 +70,10 @@ ARCHS = {
 METHODS = ['full', 'linear', 'lora', 'dtl', 'dtl+', 'dtl+ckpt', 'dtl+cache', 'dtl+packed',
            'dtl+cache+packed']
 # Frozen weights stored in the AMP dtype (not in the default list).
-HALF_METHODS = ['dtl_half', 'dtl+_half', 'dtl+ckpt_half']
+HALF_METHODS = ['dtl_half', 'dtl+_half', 'dtl+ckpt_half', 'dtl+ckpt+rp_half']
 # Backbone options that only DTL backbones have: dropped to build the parent.
-_DTL_ONLY = ('csn', 'freeze_backbone', 'checkpoint_suffix', 'prefix_cache',
+_DTL_ONLY = ('csn', 'freeze_backbone', 'checkpoint_suffix', 'recompute_prefix_taps',
+             'prefix_cache',
              'pack_frozen_weights', 'frozen_weights_dtype', 'allow_random_trunk',
              'allow_partial_trunk', 'init_cfg')
 COLUMNS = ['method', 'trainable_backbone', 'trainable_total', 'activation_mb',
@@ -188,8 +191,12 @@ def build_model(arch, method: str, num_classes: int, img_size: int,
         backbone['csn'] = dict(
             type='CompactSideNetwork', rank=recipe['rank'], taps=recipe['taps'],
             start=recipe['start'], dwconv_kernel=0 if method == 'dtl' else recipe['kernel'])
-        if method == 'dtl+ckpt':
+        if method in ('dtl+ckpt', 'dtl+ckpt+rp'):
             backbone['checkpoint_suffix'] = True
+        if method == 'dtl+ckpt+rp':
+            # Recomputing the prefix in backward needs it deterministic.
+            backbone['drop_path_rate'] = 0.
+            backbone['recompute_prefix_taps'] = True
         if half:
             backbone['frozen_weights_dtype'] = half_dtype
         if method.endswith('+packed'):
