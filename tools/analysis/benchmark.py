@@ -193,6 +193,8 @@ def build_model(arch, method: str, num_classes: int, img_size: int,
             start=recipe['start'], dwconv_kernel=0 if method == 'dtl' else recipe['kernel'])
         if method in ('dtl+ckpt', 'dtl+ckpt+rp'):
             backbone['checkpoint_suffix'] = True
+        if method == 'dtl+ckpt+rp' and is_swin:
+            raise ValueError('dtl+ckpt+rp: recompute_prefix_taps is implemented for DTLViT only')
         if method == 'dtl+ckpt+rp':
             # Recomputing the prefix in backward needs it deterministic.
             backbone['drop_path_rate'] = 0.

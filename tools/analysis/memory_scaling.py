@@ -332,8 +332,12 @@ def main(argv=None):
     rows = []
     for arch in args.archs:
         for method in args.methods:
+            recipe = recipe_of(bench, args, arch)
+            if '+rp' in method and recipe[0]['type'] == 'SwinTransformer':
+                print(f'  {arch} {method}: skipped (recompute_prefix_taps is DTLViT-only)')
+                continue
             tic = time.perf_counter()
-            row = step_memory(bench, recipe_of(bench, args, arch), method, args.batch_size,
+            row = step_memory(bench, recipe, method, args.batch_size,
                               args.img_size, args.num_classes, fake=True,
                               breakdown=args.breakdown > 0)
             row['arch'] = arch
