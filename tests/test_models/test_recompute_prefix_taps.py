@@ -46,12 +46,14 @@ def saved_bytes(model, images, autocast):
     return sum(saved.values())
 
 
-@pytest.mark.parametrize('autocast', [False, True])
-@pytest.mark.parametrize('suffix', [dict(), dict(checkpoint_suffix=True),
-                                    dict(frozen_weights_dtype='bfloat16')])
+# Half-stored weights are compared under autocast only (outside it they are
+# an approximation by design).
+@pytest.mark.parametrize('autocast,suffix', [
+    (False, dict()), (True, dict()),
+    (False, dict(checkpoint_suffix=True)), (True, dict(checkpoint_suffix=True)),
+    (True, dict(frozen_weights_dtype='bfloat16')),
+])
 def test_same_logits_and_gradients(autocast, suffix):
-    if 'frozen_weights_dtype' in suffix and not autocast:
-        pytest.skip('half-stored weights are compared under autocast')
     images = torch.randn(2, 3, 32, 32)
     base = build(**suffix)
     other = build(recompute_prefix_taps=True, **suffix)
