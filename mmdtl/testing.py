@@ -81,3 +81,17 @@ def make_fashion_mnist_files(folder: str, num_test: int = 3000, num_train: int =
                   rng.integers(0, 256, (n, 28, 28)))
         write_idx(osp.join(folder, f'{prefix}-labels-idx1-ubyte.gz'), np.arange(n) % 10)
     return folder
+
+
+def csn_training_step(model, images):
+    """One backward pass of a DTL backbone on ``sum(out ** 2)`` of its first
+    output: the output and the side network's gradients, to compare two
+    ways of computing the same model.
+
+    Returns:
+        tuple: (detached output, {CSN parameter name: gradient}).
+    """
+    out = model(images)[0]
+    model.zero_grad()
+    (out ** 2).sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.csn.named_parameters()}

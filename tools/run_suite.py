@@ -58,6 +58,7 @@ from mmdtl.datasets.few_shot import (  # noqa: E402
     few_shot_run_dir,
 )
 from mmdtl.datasets.vtab import VTAB1K_GROUPS, VTAB1K_TASKS  # noqa: E402
+from mmdtl.utils.cfg_options import parse_cfg_options  # noqa: E402
 from mmdtl.utils.run_pool import device_groups, run_on_devices  # noqa: E402
 from mmdtl.utils.stats import mean as _mean  # noqa: E402
 from mmdtl.utils.stats import sample_std as _std  # noqa: E402
@@ -153,7 +154,7 @@ def plan_runs(suite: str, configs: List[str], work_root: str, shots, seeds, val:
         if val:
             options += VAL_MODE_OPTIONS
         options += user_options
-        cfg.merge_from_dict(_parse_options(options))
+        cfg.merge_from_dict(parse_cfg_options(options))
         method, name = split_stem(stem)
         checkpoint_hook = (cfg.get('default_hooks') or {}).get('checkpoint') or {}
         uses_best = bool(checkpoint_hook.get('save_best'))
@@ -176,16 +177,6 @@ def dg_test_sets(cfg) -> str:
     """The DG test set(s) of a config, comma-separated (``Run.dataset``)."""
     names = ((cfg.get('test_dataloader') or {}).get('dataset') or {}).get('name', 'imagenet')
     return names if isinstance(names, str) else ','.join(names)
-
-
-def _parse_options(options: List[str]) -> dict:
-    from mmengine.config import DictAction
-
-    parsed = {}
-    for kv in options:
-        key, value = kv.split('=', 1)
-        parsed[key] = DictAction._parse_iterable(value)
-    return parsed
 
 
 @dataclass
@@ -605,22 +596,18 @@ def collect(suite: str, runs: List[Run], seeds: Sequence[int], shots) -> Tuple[s
         if osp.isfile(path):
             with open(path) as f:
                 records.append((run, json.load(f)['metrics']))
-    if kind == 'vtab':
+    if kind in ('vtab', 'mini-vtab'):
         results = OrderedDict((run.method, {}) for run in runs)
         for run, metrics in records:
             if TOP1 in metrics:
                 results[run.method][run.dataset] = metrics[TOP1]
-        header, rows = vtab_table(results)
-        title = ('VTAB-1k top-1 (%); Mean = mean of the three group means, '
-                 'Mean (tasks) = mean of the 19 tasks')
-        return title + '\n\n' + to_markdown(header, rows), header, rows
-    if kind == 'mini-vtab':
-        results = OrderedDict((run.method, {}) for run in runs)
-        for run, metrics in records:
-            if TOP1 in metrics:
-                results[run.method][run.dataset] = metrics[TOP1]
-        header, rows = mini_vtab_table(results)
-        title = 'Mini VTAB-1k top-1 (%); Mean = mean of the group means'
+        if kind == 'vtab':
+            header, rows = vtab_table(results)
+            title = ('VTAB-1k top-1 (%); Mean = mean of the three group means, '
+                     'Mean (tasks) = mean of the 19 tasks')
+        else:
+            header, rows = mini_vtab_table(results)
+            title = 'Mini VTAB-1k top-1 (%); Mean = mean of the group means'
         return title + '\n\n' + to_markdown(header, rows), header, rows
     if kind == 'few-shot':
         results = OrderedDict(((run.method, run.dataset, run.shot), {}) for run in runs)

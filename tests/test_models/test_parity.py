@@ -13,6 +13,7 @@ from mmdtl.models.utils.rel_pos_resize import (
     not_a_knot_cubic_matrix,
     resize_relative_position_bias_table,
 )
+from mmdtl.testing import csn_training_step as step
 
 TINY = dict(embed_dims=16, num_layers=4, num_heads=2, feedforward_channels=32)
 VIT = dict(arch=TINY, img_size=16, patch_size=4)
@@ -54,13 +55,6 @@ def train_csn(model):
     for up in model.csn.up_projs.values():
         torch.nn.init.normal_(up, std=0.3)
     return model.train()
-
-
-def step(model, images):
-    out = model(images)[0]
-    model.zero_grad()
-    (out ** 2).sum().backward()
-    return out.detach(), {n: p.grad.clone() for n, p in model.csn.named_parameters()}
 
 
 def test_vit_trained_csn_on_the_padded_grid_all_paths_agree():

@@ -14,6 +14,7 @@ from mmpretrain.registry import MODELS
 
 import mmdtl  # noqa: F401
 from mmdtl.models import prefix_cache as prefix_cache_module
+from mmdtl.testing import csn_training_step as step
 from mmdtl.testing import make_vtab_tree
 
 TINY = dict(embed_dims=32, num_layers=6, num_heads=2, feedforward_channels=64)
@@ -27,13 +28,6 @@ def build(prefix_cache=None, **kwargs):
     for up in model.csn.up_projs.values():
         torch.nn.init.normal_(up, std=0.3)
     return model.train()
-
-
-def step(model, images):
-    out = model(images)[0]
-    model.zero_grad()
-    (out ** 2).sum().backward()
-    return out.detach(), {n: p.grad.clone() for n, p in model.csn.named_parameters()}
 
 
 @pytest.mark.parametrize('storage', ['memory', 'device', 'disk'])

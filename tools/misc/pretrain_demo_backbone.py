@@ -85,20 +85,19 @@ def parse_args(argv=None):
 def main(argv=None) -> str:
     args = parse_args(argv)
     import torch
-    from mmengine.config import Config, DictAction
+    from mmengine.config import Config
     from mmengine.runner import Runner
 
     import mmdtl  # noqa: F401  (registries, weights_only-safe resuming)
     from mmdtl.datasets.mini_vtab import prepare_fashion_mnist
     from mmdtl.utils import save_checkpoint_atomic
+    from mmdtl.utils.cfg_options import parse_cfg_options
 
     if not osp.isfile(args.config):
         raise SystemExit(f'Config file not found: {args.config}')
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
-        cfg.merge_from_dict(
-            {k: DictAction._parse_iterable(v)
-             for k, v in (kv.split('=', 1) for kv in args.cfg_options)})
+        cfg.merge_from_dict(parse_cfg_options(args.cfg_options))
     cfg.work_dir = args.work_dir or osp.join(
         'work_dirs', 'pretrain', osp.splitext(osp.basename(args.config))[0])
     cfg.resume = args.resume

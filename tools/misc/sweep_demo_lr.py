@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     sha = demo.prepare(args)
     base = demo.data_options(args.data_root)
-    base.update(demo._parse_options(args.cfg_options))
+    base.update(demo.parse_cfg_options(args.cfg_options))
     pairs = [(m, t) for m in args.methods for t in args.tasks]
     print(f'lr sweep: {len(pairs)} configs on train800 -> val200, grids extended up to '
           f'{args.extend} step(s) where the best lr is on an edge', flush=True)

@@ -45,6 +45,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from mmdtl.datasets.mini_vtab import MINI_VTAB_GROUPS, MINI_VTAB_TASKS  # noqa: E402
+from mmdtl.utils.cfg_options import parse_cfg_options  # noqa: E402
 from mmdtl.utils.stats import mean as _mean  # noqa: E402
 from mmdtl.utils.stats import sample_std as _std  # noqa: E402
 
@@ -97,16 +98,6 @@ def check_checkpoint(path: str = CHECKPOINT) -> str:
         print(f'Note: {path} has sha256 {digest}, not the one recorded in {sums}: '
               'results will differ from the README.', flush=True)
     return digest
-
-
-def _parse_options(options: Sequence[str]) -> dict:
-    from mmengine.config import DictAction
-
-    parsed = {}
-    for kv in options:
-        key, value = kv.split('=', 1)
-        parsed[key] = DictAction._parse_iterable(value)
-    return parsed
 
 
 def set_backbone_checkpoint(cfg, checkpoint: str) -> None:
@@ -438,7 +429,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     sha = prepare(args)
     options = data_options(args.data_root)
-    options.update(_parse_options(args.cfg_options))
+    options.update(parse_cfg_options(args.cfg_options))
     work_root = osp.abspath(args.work_dir) + ('_val' if args.val else '')
     plan = [(s, m, t) for s in args.seeds for m in args.methods for t in args.tasks]
     print(f'Demo: {len(plan)} runs ({len(args.methods)} methods x {len(args.tasks)} tasks x '
