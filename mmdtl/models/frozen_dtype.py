@@ -105,7 +105,8 @@ def store_frozen_weights(backbone: nn.Module, dtype, owner: str,
     ``skip`` whose parameters are all frozen (see the module docstring).
 
     Args:
-        backbone (nn.Module): A DTL backbone, already frozen.
+        backbone (nn.Module): A DTL backbone, already frozen (its options
+            checked against :data:`mmdtl.models.dtl.options.INCOMPATIBLE`).
         dtype (str | torch.dtype | None): ``'bfloat16'``, ``'float16'`` or
             None (nothing to do).
         owner (str): Name used in error messages, e.g. ``'DTLViT'``.
@@ -118,13 +119,7 @@ def store_frozen_weights(backbone: nn.Module, dtype, owner: str,
     if name is None:
         return None
     dtype = FROZEN_WEIGHTS_DTYPES[name]
-    if not getattr(backbone, 'freeze_backbone', True):
-        raise ValueError(f'{owner}: frozen_weights_dtype={name!r} stores frozen weights in '
-                         f'half precision; it needs freeze_backbone=True')
-    if getattr(backbone, 'frozen_linear_packs', None) is not None:
-        raise ValueError(f'{owner}: pack_frozen_weights=True packs fp32 weights for fp32 CPU '
-                         f'steps, frozen_weights_dtype={name!r} stores them for AMP; set '
-                         f'one of them only')
+    # Which options it combines with: mmdtl.models.dtl.options.INCOMPATIBLE.
     converted = 0
     for path, module in backbone.named_modules():
         if path == skip or path.startswith(skip + '.') or not isinstance(module, _CONVERTIBLE):

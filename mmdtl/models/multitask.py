@@ -3,7 +3,7 @@
 DTL never changes the backbone, and blocks ``0..M`` of a task with
 ``csn.start = M`` see no task-specific input: their inputs and outputs are
 those of the plain frozen backbone. :class:`MultiTaskDTL` therefore runs the
-backbone's token stream (the *trunk*; ViT or Swin) once up to the largest
+backbone's stream (the *trunk*; any DTL backbone) once up to the largest
 ``M`` of its tasks; every task reads its taps from the trunk while its ``M`` is not
 reached, branches off after its block ``M`` (adding its side output) and
 runs only the remaining blocks on its own stream. Streams that pass through
@@ -29,7 +29,7 @@ from mmdtl.engine.task_checkpoint import (
     read_task_file,
 )
 
-from .backbones import DTLSwin, DTLViT
+from .dtl import DTLBackbone
 from .frozen_linear import packed_linears
 from .side_network import build_side_network
 
@@ -139,8 +139,8 @@ class MultiTaskDTL(BaseModel):
         if backbone_checkpoint is None:
             backbone_checkpoint = contents[0].get('backbone_checkpoint')
         self.backbone = MODELS.build(cfg)
-        if not isinstance(self.backbone, (DTLViT, DTLSwin)):
-            raise TypeError(f'MultiTaskDTL needs a DTLViT or DTLSwin backbone, got '
+        if not isinstance(self.backbone, DTLBackbone):
+            raise TypeError(f'MultiTaskDTL needs a DTL backbone (DTLViT, DTLSwin, ...), got '
                             f'{type(self.backbone).__name__}.')
         if backbone_checkpoint:
             load_backbone_weights(self.backbone, backbone_checkpoint)
@@ -231,16 +231,60 @@ class MultiTaskDTL(BaseModel):
         return outputs
 
     def extract_feat(self, inputs: torch.Tensor) -> Dict[str, Tuple[torch.Tensor, ...]]:
-        """Backbone outputs of every task, as ``DTLViT.forward`` would give.
+        """Backbone outputs of every task, as the task's own backbone's
+        ``forward`` would give.
+
+        The shared stream (the *trunk*) runs while some task has not reached
+        its ``M``; a task reads its taps from the trunk until then, branches
+        off with its side output after block ``M`` and runs its own stream
+        afterwards. Streams that pass the same block run as one batch; what
+        follows a block (outputs, stage transitions) runs on every live
+        stream, and outputs of tasks that have not branched are the trunk's,
+        computed once.
 
         Returns:
             dict[str, tuple[Tensor]]: Task name -> the backbone's output tuple
             (one entry per ``out_indices``).
         """
+        runner = self.backbone.dtl_runner
+        trunk_adapter = self.backbone.dtl_trunk
+        csns = [self.csns[str(i)] for i in range(len(self.task_names))]
+        starts = [csn.start for csn in csns]
+        trunk_end = max(starts)
         with packed_linears(self.backbone.frozen_linear_packs, inputs):
-            if isinstance(self.backbone, DTLSwin):
-                return self._swin_features(inputs)
-            return self._vit_features(inputs)
+            trunk, grid = trunk_adapter.embed(inputs)
+            sums: List[Optional[torch.Tensor]] = [None] * len(csns)
+            streams: Dict[int, torch.Tensor] = {}  # tasks that have branched off
+            outs: List[list] = [[] for _ in csns]
+            for index, block in enumerate(trunk_adapter.blocks()):
+                on_trunk = index <= trunk_end
+                branched = sorted(streams)
+                for t, csn in enumerate(csns):
+                    # Up to its M, a task's block inputs are the trunk's.
+                    stream = streams[t] if t in streams else trunk
+                    sums[t] = csn.tap(index, trunk_adapter.tokens(stream, grid), sums[t])
+                inputs_i = ([trunk] if on_trunk else []) + [streams[t] for t in branched]
+                outputs_i = self._run_streams(
+                    lambda x: trunk_adapter.call_block(index, block, x, grid), inputs_i)
+                if on_trunk:
+                    trunk = outputs_i.pop(0)
+                for t, x in zip(branched, outputs_i):
+                    streams[t] = runner.add_side(csns[t], index, x, sums[t], grid)
+                for t, start in enumerate(starts):
+                    if start == index:
+                        streams[t] = runner.add_side(csns[t], index, trunk, sums[t], grid)
+                next_grid = grid
+                for t in sorted(streams):
+                    streams[t], next_grid, task_outs = trunk_adapter.after_block(
+                        index, streams[t], grid)
+                    outs[t].extend(task_outs)
+                if index < trunk_end:  # the trunk still serves a task
+                    trunk, next_grid, shared_outs = trunk_adapter.after_block(index, trunk, grid)
+                    for t, start in enumerate(starts):
+                        if start > index:
+                            outs[t].extend(shared_outs)
+                grid = next_grid
+        return {name: tuple(outs[t]) for t, name in enumerate(self.task_names)}
 
     def _run_streams(self, fn: Callable[[torch.Tensor], torch.Tensor],
                      streams: List[torch.Tensor]) -> List[torch.Tensor]:
@@ -250,116 +294,6 @@ class MultiTaskDTL(BaseModel):
             return list(fn(torch.cat(streams)).split([len(x) for x in streams]))
         return [fn(x) for x in streams]
 
-    def _vit_features(self, inputs: torch.Tensor) -> Dict[str, Tuple[torch.Tensor, ...]]:
-        bb = self.backbone
-        num_layers = len(bb.layers)
-        csns = [self.csns[str(i)] for i in range(len(self.task_names))]
-        starts = [csn.start for csn in csns]
-        trunk_end = max(starts)
-
-        trunk, grid = bb._embed(inputs)
-
-        sums: List[Optional[torch.Tensor]] = [None] * len(csns)
-        streams: Dict[int, torch.Tensor] = {}  # tasks that have branched off
-        outs: List[list] = [[] for _ in csns]
-
-        def finish(task: int, i: int, tokens: torch.Tensor) -> torch.Tensor:
-            """What DTLViT does after block i: add back, final norm, output."""
-            tokens = csns[task].add_back(i, tokens, sums[task], grid, bb.num_extra_tokens)
-            if i == num_layers - 1 and bb.final_norm:
-                tokens = bb.ln1(tokens)
-            if i in bb.out_indices:
-                outs[task].append(bb._format_output(tokens, grid))
-            return tokens
-
-        for i, layer in enumerate(bb.layers):
-            on_trunk = i <= trunk_end
-            branched = sorted(streams)
-            for t, csn in enumerate(csns):
-                # Up to its M, a task's block inputs are the trunk's.
-                sums[t] = csn.tap(i, streams[t] if t in streams else trunk, sums[t])
-            inputs_i = ([trunk] if on_trunk else []) + [streams[t] for t in branched]
-            outputs_i = self._run_streams(layer, inputs_i)
-            if on_trunk:
-                trunk = outputs_i.pop(0)
-            for t, tokens in zip(branched, outputs_i):
-                streams[t] = finish(t, i, tokens)
-            if on_trunk:
-                shared_out = None
-                for t, start in enumerate(starts):
-                    if start == i:
-                        streams[t] = finish(t, i, trunk)
-                    elif start > i and i in bb.out_indices:
-                        # Before M the output is the plain backbone's: format once.
-                        if shared_out is None:
-                            shared_out = bb._format_output(trunk, grid)
-                        outs[t].append(shared_out)
-        return {name: tuple(outs[t]) for t, name in enumerate(self.task_names)}
-
-
-    def _swin_features(self, inputs: torch.Tensor) -> Dict[str, Tuple[torch.Tensor, ...]]:
-        """As :meth:`_vit_features`, stage by stage: every live stream (the
-        trunk while a task has not branched, and each branched task) goes
-        through the stage's patch merging, and stage outputs of tasks that
-        have not branched yet are the trunk's, formatted once."""
-        bb = self.backbone
-        csns = [self.csns[str(i)] for i in range(len(self.task_names))]
-        starts = [csn.start for csn in csns]
-        trunk_end = max(starts)
-        trunk_key = -1  # the shared stream, among the task indices
-
-        trunk, hw_shape = bb._embed(inputs)
-        sums: List[Optional[torch.Tensor]] = [None] * len(csns)
-        streams: Dict[int, torch.Tensor] = {}  # tasks that have branched off
-        outs: List[list] = [[] for _ in csns]
-
-        index = 0  # global block index
-        for s, stage in enumerate(bb.stages):
-            for block in stage.blocks:
-                on_trunk = index <= trunk_end
-                branched = sorted(streams)
-                for t, csn in enumerate(csns):
-                    # Up to its M, a task's block inputs are the trunk's.
-                    sums[t] = csn.tap(index, streams[t] if t in streams else trunk, sums[t])
-                inputs_i = ([trunk] if on_trunk else []) + [streams[t] for t in branched]
-                outputs_i = self._run_streams(lambda x: block(x, hw_shape), inputs_i)
-                if on_trunk:
-                    trunk = outputs_i.pop(0)
-                for t, tokens in zip(branched, outputs_i):
-                    streams[t] = csns[t].add_back(index, tokens, sums[t], hw_shape)
-                for t, start in enumerate(starts):
-                    if start == index:
-                        streams[t] = csns[t].add_back(index, trunk, sums[t], hw_shape)
-                index += 1
-
-            live = dict(streams)
-            if index <= trunk_end:
-                live[trunk_key] = trunk
-            keys = sorted(live)
-
-            def merge_patches(hw_in):
-                hw_out = []
-
-                def merge(x):
-                    x, shape = stage.downsample(x, hw_in)
-                    hw_out.append(shape)
-                    return x
-                live.update(zip(keys, self._run_streams(merge, [live[k] for k in keys])))
-                return hw_out[0]
-
-            if stage.downsample is not None and bb.out_after_downsample:
-                hw_shape = merge_patches(hw_shape)
-            if s in bb.out_indices:
-                shared = (bb._format_output(s, live[trunk_key], hw_shape)
-                          if trunk_key in live else None)
-                for t in range(len(csns)):
-                    outs[t].append(bb._format_output(s, live[t], hw_shape)
-                                   if t in live else shared)
-            if stage.downsample is not None and not bb.out_after_downsample:
-                hw_shape = merge_patches(hw_shape)
-            trunk = live.get(trunk_key)
-            streams = {t: x for t, x in live.items() if t != trunk_key}
-        return {name: tuple(outs[t]) for t, name in enumerate(self.task_names)}
 
 class MultiTaskInferencer:
     """Classify images with several DTL tasks on one frozen backbone.

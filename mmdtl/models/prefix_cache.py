@@ -77,37 +77,12 @@ PREFIX_BACKBONE_SETTINGS = ('img_size', 'patch_resolution', 'interpolate_mode',
 _NEUTRAL_ATTRS = ('training', 'init_cfg', 'with_cp', 'inplace')
 
 
-def check_deterministic_prefix(prefix_blocks, drop_after_pos: nn.Module, start: int,
-                               option: str = 'prefix_cache') -> None:
-    """Refuse a prefix (blocks ``0..M``) whose outputs differ between training
-    passes (drop path, dropout), since cached (or recomputed) features would
-    then be wrong.
-
-    Args:
-        prefix_blocks (Sequence[nn.Module]): Blocks ``0..M``.
-        drop_after_pos (nn.Module): The dropout after the position embedding.
-        start (int): ``M``.
-        option (str): The option that needs it, named in the error.
-            Defaults to ``'prefix_cache'``.
-    """
-    stochastic = [i for i, block in enumerate(prefix_blocks) if any(
-        getattr(m, 'drop_prob', 0) > 0 or (isinstance(m, nn.Dropout) and m.p > 0)
-        for m in block.modules())]
-    if stochastic or drop_after_pos.p > 0:
-        raise ValueError(
-            f'{option} needs a deterministic prefix, but blocks {stochastic} (<= '
-            f'csn.start={start}) use drop path/dropout during training; set '
-            f'drop_path_rate=0 and drop_rate=0, or remove {option}')
-
-
 def build_prefix_cache(backbone: nn.Module,
                        cfg: Optional[dict]) -> Optional['PrefixFeatureCache']:
-    """The cache of a DTL backbone's ``prefix_cache`` option (None if unset),
-    after the backbone's ``_check_cacheable``; loading new weights into the
-    backbone clears it."""
+    """The cache of a DTL backbone's ``prefix_cache`` option (None if unset);
+    loading new weights into the backbone clears it."""
     if cfg is None:
         return None
-    backbone._check_cacheable()
     cache = PrefixFeatureCache(**cfg)
     # New weights make every cached feature stale.
     backbone.register_load_state_dict_post_hook(
@@ -142,13 +117,13 @@ def prefix_settings(backbone: nn.Module) -> List[str]:
     DTL backbone: its class, ``csn.start``, the stored taps, the backbone
     settings of :data:`PREFIX_BACKBONE_SETTINGS`, and the type and plain
     attributes (numbers, strings, tuples of them) of every module of
-    ``backbone._prefix_modules()``."""
+    ``backbone.dtl_runner.prefix_modules()``."""
     start = backbone.csn.start
     items = [type(backbone).__name__, f'start={start}',
              f'taps={[t for t in backbone.csn.taps if t <= start]}']
     items += [f'{name}={_plain(getattr(backbone, name, None))!r}'
               for name in PREFIX_BACKBONE_SETTINGS]
-    for index, module in enumerate(backbone._prefix_modules()):
+    for index, module in enumerate(backbone.dtl_runner.prefix_modules()):
         for name, sub in module.named_modules():
             attrs = {k: _plain(v) for k, v in sorted(vars(sub).items())
                      if not k.startswith('_') and k not in _NEUTRAL_ATTRS

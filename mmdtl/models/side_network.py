@@ -1,8 +1,9 @@
 """The Compact Side Network (CSN) of DTL: all of the method's math lives here.
 
-Backbones only decide *where* to tap and *where* to add back (see
-``DTLViT`` and ``DTLSwin``); everything the side network computes is in
-:class:`CompactSideNetwork`.
+Backbones only decide *where* to tap and *where* to add back (the runner of
+:mod:`mmdtl.models.dtl` calls :meth:`CompactSideNetwork.tap` and
+:meth:`CompactSideNetwork.add_back`); everything the side network computes
+is in :class:`CompactSideNetwork`.
 """
 import math
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
@@ -144,11 +145,13 @@ class CompactSideNetwork(BaseModule):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The released initialisation: A Kaiming-uniform, B zeros, conv default."""
-        for down in self.down_projs.values():
-            nn.init.kaiming_uniform_(down, a=math.sqrt(5))
-        for up in self.up_projs.values():
-            nn.init.zeros_(up)
+        """The released initialisation: A Kaiming-uniform, B zeros, conv default.
+
+        The A_i are drawn in block order, as the release creates them (the
+        ParameterDicts sort their keys as strings: '10' before '2')."""
+        for index in self.taps:
+            nn.init.kaiming_uniform_(self.down_projs[str(index)], a=math.sqrt(5))
+            nn.init.zeros_(self.up_projs[str(index)])
         for conv in self.dwconvs.values():
             conv.reset_parameters()
 
@@ -209,10 +212,8 @@ class CompactSideNetwork(BaseModule):
             tuple: h after tap ``M``, the output of block ``M`` (no grad) and
             ``aux`` from the forward run.
         """
-        prefix_stages = set(self.stages[:self.start + 1])
-        if len(prefix_stages) > 1:
-            raise ValueError(f'csn: recomputed prefix taps need one stage up to start='
-                             f'{self.start}, got stages {sorted(prefix_stages)}')
+        # Every tap <= M lies in M's stage (others are refused at build time),
+        # so all of them are summed unchanged into the h that block M uses.
         keys = [str(i) for i in self.taps if i <= self.start]
         params = [p for key in keys for p in (self.down_projs[key], self.up_projs[key])]
         aux = {}

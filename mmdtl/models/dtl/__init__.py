@@ -1,0 +1,11 @@
+"""One execution engine for every DTL backbone: trunk adapters, the runner,
+one options object (see ``docs/adding_a_backbone.md``)."""
+from .adapter import TrunkAdapter, ViTFamilyAdapter
+from .backbone import DTLBackbone
+from .options import INCOMPATIBLE, PRESETS, DTLOptions, preset_names, preset_options
+from .runner import DTLRunner
+
+__all__ = [
+    'TrunkAdapter', 'ViTFamilyAdapter', 'DTLBackbone', 'DTLOptions', 'DTLRunner',
+    'INCOMPATIBLE', 'PRESETS', 'preset_names', 'preset_options'
+]

@@ -1,0 +1,238 @@
+"""The one loop that runs a DTL backbone, whatever its trunk.
+
+With ``M = csn.start``, blocks ``0..M`` (the *prefix*) never see
+task-specific input. When they are frozen the runner computes them in one of
+three ways and never records a graph for them:
+
+- *plain*: run them without grad, keep the inputs of the tapped blocks and
+  tap them afterwards (the taps' gradients need those inputs anyway);
+- *cached* (``prefix_cache``): read those inputs and block ``M``'s output
+  from :class:`PrefixFeatureCache`, computing only misses;
+- *recomputed* (``recompute_prefix_taps``): run the taps in
+  :meth:`CompactSideNetwork.recomputed_prefix_taps`, which keeps only the
+  images and runs the prefix again in backward.
+
+Block ``M``'s output then receives the side output, and every later block
+runs as one *unit*, ``tap -> block -> add back``, checkpointed as a whole
+with ``checkpoint_suffix``. A trunk that is not frozen runs every block as a
+unit, with grad. What differs between trunks is asked of the
+:class:`TrunkAdapter`.
+"""
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+
+from ..frozen_linear import packed_linears
+from ..prefix_cache import cache_applies
+
+
+class DTLRunner:
+    """Runs a :class:`DTLBackbone` with its adapter, side network and options.
+
+    Args:
+        backbone (nn.Module): The DTL backbone; the runner reads its
+            ``dtl_trunk`` (adapter), ``csn``, ``dtl_options``,
+            ``prefix_cache`` and ``frozen_linear_packs``.
+    """
+
+    def __init__(self, backbone: nn.Module):
+        self.backbone = backbone
+
+    @property
+    def trunk(self):
+        return self.backbone.dtl_trunk
+
+    @property
+    def csn(self):
+        return self.backbone.csn
+
+    # -- what the prefix is ------------------------------------------------------
+    def prefix_modules(self) -> List[nn.Module]:
+        """The trunk modules whose output cannot depend on the side network:
+        the embedding, blocks ``0..M`` and the transitions between them."""
+        trunk, start = self.trunk, self.csn.start
+        modules = list(trunk.embedding_modules())
+        for index, block in enumerate(trunk.blocks()[:start + 1]):
+            modules.append(block)
+            if index < start:
+                modules += trunk.transition_modules(index)
+        return modules
+
+    def frozen_prefix(self) -> bool:
+        """True when nothing up to block ``M`` can receive a gradient."""
+        params = [p for m in self.prefix_modules() for p in m.parameters()]
+        params += self.trunk.embedding_parameters()
+        return not any(p.requires_grad for p in params)
+
+    def check_options(self, options) -> None:
+        """Refuse trunk-dependent options that cannot work: a stored or
+        recomputed prefix must be deterministic and produce no outputs."""
+        start = self.csn.start
+        for option, enabled, where in (('prefix_cache', options.prefix_cache is not None,
+                                        'cached'),
+                                       ('recompute_prefix_taps', options.recompute_prefix_taps,
+                                        'recomputed')):
+            if not enabled:
+                continue
+            self.check_deterministic_prefix(option)
+            early = self.trunk.outputs_before(start)
+            if early:
+                raise ValueError(f'{option}: out_indices {early} lie in the {where} prefix '
+                                 f'(they are complete before block csn.start={start} adds '
+                                 f'back), whose features are not computed; use later '
+                                 f'out_indices or remove {option}')
+
+    def check_deterministic_prefix(self, option: str) -> None:
+        """Refuse drop path or dropout up to block ``M`` for ``option``."""
+        start = self.csn.start
+        stochastic = [i for i, block in enumerate(self.trunk.blocks()[:start + 1])
+                      if _stochastic(block)]
+        embedding = any(_stochastic(m) for m in self.trunk.embedding_dropout())
+        if stochastic or embedding:
+            raise ValueError(
+                f'{option} needs a deterministic prefix, but blocks {stochastic} (<= '
+                f'csn.start={start}) use drop path/dropout during training; set '
+                f'drop_path_rate=0 and drop_rate=0, or remove {option}')
+
+    # -- forward -----------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> tuple:
+        with packed_linears(self.backbone.frozen_linear_packs, images):
+            return self._forward(images)
+
+    def _forward(self, images: torch.Tensor) -> tuple:
+        bb, csn, trunk = self.backbone, self.csn, self.trunk
+        start, grad_enabled = csn.start, torch.is_grad_enabled()
+        outs: list = []
+        if self.frozen_prefix():
+            if cache_applies(bb.prefix_cache, bb.training, True):
+                tap_inputs, x, grid = bb.prefix_cache.fetch(bb, images, self.prefix_features)
+                running_sum = self.tap_prefix(tap_inputs, grid)
+            elif bb.dtl_options.recompute_prefix_taps and grad_enabled:
+                running_sum, x, grid = csn.recomputed_prefix_taps(self._recompute_prefix, images)
+            else:
+                tap_inputs, x, grid = self.prefix_features(images, outs)
+                running_sum = self.tap_prefix(tap_inputs, grid)
+            # Block M's output receives the side output; the suffix follows.
+            x = self.add_back(start, x, running_sum, grid)
+            x, grid = self._after_block(start, x, grid, outs)
+            first = start + 1
+        else:
+            x, grid = trunk.embed(images)
+            running_sum, first = None, 0
+        blocks = trunk.blocks()
+        for index in range(first, len(blocks)):
+            if (bb.dtl_options.checkpoint_suffix and grad_enabled and x.requires_grad):
+                # Tap, block and add-back in one checkpoint: backward keeps only
+                # the block input and the running sum.
+                x, running_sum = cp.checkpoint(self.unit, index, x, running_sum, grid,
+                                               use_reentrant=False)
+            else:
+                x, running_sum = self.unit(index, x, running_sum, grid)
+            x, grid = self._after_block(index, x, grid, outs)
+        return tuple(outs)
+
+    def _after_block(self, index: int, x: torch.Tensor, grid: tuple,
+                     outs: list) -> Tuple[torch.Tensor, tuple]:
+        x, grid, new_outs = self.trunk.after_block(index, x, grid)
+        outs.extend(new_outs)
+        return x, grid
+
+    def unit(self, index: int, x: torch.Tensor, running_sum: Optional[torch.Tensor],
+             grid: tuple) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Tap, block ``index`` and add-back: what ``checkpoint_suffix``
+        recomputes in backward."""
+        # Checkpointing recomputes the block during backward, outside forward.
+        with packed_linears(self.backbone.frozen_linear_packs, x):
+            running_sum = self.csn.tap(index, self.trunk.tokens(x, grid), running_sum)
+            x = self.trunk.call_block(index, self.trunk.blocks()[index], x, grid)
+        return self.add_back(index, x, running_sum, grid), running_sum
+
+    def add_back(self, index: int, x: torch.Tensor, running_sum: Optional[torch.Tensor],
+                 grid: tuple) -> torch.Tensor:
+        """The stream after block ``index`` plus the side output (``index >= M``)."""
+        if index < self.csn.start:
+            return x
+        return self.add_side(self.csn, index, x, running_sum, grid)
+
+    def add_side(self, csn: nn.Module, index: int, x: torch.Tensor,
+                 running_sum: torch.Tensor, grid: tuple) -> torch.Tensor:
+        """``csn``'s add-back on the stream ``x`` (any side network: the
+        multi-task model passes each task's)."""
+        trunk = self.trunk
+        tokens = csn.add_back(index, trunk.tokens(x, grid), running_sum, grid,
+                              trunk.num_extra_tokens)
+        return trunk.stream(tokens, grid)
+
+    # -- the frozen prefix -------------------------------------------------------
+    def run_prefix(self, images: torch.Tensor, on_tap: Callable,
+                   outs: Optional[list] = None) -> Tuple[torch.Tensor, tuple]:
+        """Blocks ``0..M`` without grad, calling ``on_tap(i, x, grid)`` with
+        the stream entering every block ``i``.
+
+        Args:
+            images (Tensor): The input images.
+            on_tap (Callable): Receives every prefix block's index, input
+                stream and grid.
+            outs (list, optional): Receives the outputs produced before
+                block ``M`` (``out_indices`` inside the prefix).
+
+        Returns:
+            tuple: The output of block ``M`` (before its add-back) and its grid.
+        """
+        trunk, start = self.trunk, self.csn.start
+        # Also called from backward (recomputed taps), outside forward.
+        with packed_linears(self.backbone.frozen_linear_packs, images):
+            with torch.no_grad():
+                x, grid = trunk.embed(images)
+            for index, block in enumerate(trunk.blocks()[:start + 1]):
+                on_tap(index, x, grid)
+                with torch.no_grad():
+                    x = trunk.call_block(index, block, x, grid)
+                if index < start:
+                    # Outside no_grad: an output norm a user unfroze still trains.
+                    x, grid, new_outs = trunk.after_block(index, x, grid)
+                    if outs is not None:
+                        outs.extend(new_outs)
+        return x, grid
+
+    def prefix_features(self, images: torch.Tensor, outs: Optional[list] = None
+                        ) -> Tuple[Dict[int, torch.Tensor], torch.Tensor, tuple]:
+        """What the side network and block ``M + 1`` need from the frozen
+        prefix: the input streams of the tapped blocks ``<= M``, the output of
+        block ``M`` and its grid (what :class:`PrefixFeatureCache` stores)."""
+        taps = set(self.csn.taps)
+        tap_inputs = {}
+
+        def keep(index, x, grid):
+            if index in taps:
+                tap_inputs[index] = x
+
+        x, grid = self.run_prefix(images, keep, outs)
+        return tap_inputs, x, tuple(grid)
+
+    def tap_prefix(self, tap_inputs: Dict[int, torch.Tensor], grid: tuple
+                   ) -> Optional[torch.Tensor]:
+        """The running sum after the taps of blocks ``0..M`` on their stored
+        inputs. Taps live in block ``M``'s stage (the side network refuses
+        others), so they share its grid."""
+        running_sum = None
+        for index in range(self.csn.start + 1):
+            x = tap_inputs.get(index)
+            tokens = None if x is None else self.trunk.tokens(x, grid)
+            running_sum = self.csn.tap(index, tokens, running_sum)
+        return running_sum
+
+    def _recompute_prefix(self, images: torch.Tensor, on_tap: Callable
+                          ) -> Tuple[torch.Tensor, tuple]:
+        """:meth:`run_prefix` in the form ``recomputed_prefix_taps`` calls:
+        ``on_tap(i, tokens)``, returns ``(output of block M, grid)``."""
+        return self.run_prefix(
+            images, lambda index, x, grid: on_tap(index, self.trunk.tokens(x, grid)))
+
+
+def _stochastic(module: nn.Module) -> bool:
+    """Whether ``module`` uses drop path or dropout during training."""
+    return any(getattr(m, 'drop_prob', 0) > 0 or (isinstance(m, nn.Dropout) and m.p > 0)
+               for m in module.modules())
