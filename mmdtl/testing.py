@@ -95,3 +95,85 @@ def csn_training_step(model, images):
     model.zero_grad()
     (out ** 2).sum().backward()
     return out.detach(), {n: p.grad.clone() for n, p in model.csn.named_parameters()}
+
+
+def reference_dtl_forward(parent, csn, blocks, images, num_extra_tokens=0):
+    """DTL written out from the paper's equations on the parent's own forward.
+
+    The unmodified mmpretrain backbone ``parent`` runs its ``forward``; hooks
+    on its ``blocks`` (global index = position) do what the paper says:
+    before tapped block ``i`` the running sum of its stage grows by
+    ``z A_i^T B_i^T``, after every block ``i >= M`` the block output grows by
+    ``g(swish_beta(h))`` (g: the stage's depthwise conv with 'same' padding
+    on the patch grid, cls tokens swish only). Nothing of mmdtl's runner or
+    adapters is used, so it checks them independently. Maps ``(B, C, H, W)``
+    (ConvNeXt) are read as channels-last tokens.
+
+    Args:
+        parent (nn.Module): The parent backbone holding the trunk weights.
+        csn (CompactSideNetwork): The side network (its parameters receive
+            the gradients).
+        blocks (Sequence[nn.Module]): The parent's blocks in order.
+        images (Tensor): The input.
+        num_extra_tokens (int): Leading tokens outside the patch grid.
+
+    Returns:
+        tuple: The parent's outputs.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    state = dict(sum=None, grid=None)
+
+    def as_tokens(x):
+        return x.flatten(2).transpose(1, 2) if x.dim() == 4 else x
+
+    def before(index):
+        def hook(module, args):
+            x = args[0]
+            if x.dim() == 4:
+                state['grid'] = tuple(x.shape[-2:])
+            elif len(args) > 1 and isinstance(args[1], (tuple, list)):
+                state['grid'] = tuple(args[1])  # Swin's hw_shape
+            if index > 0 and csn.stages[index] != csn.stages[index - 1]:
+                state['sum'] = None  # the running sum restarts at every stage
+            if str(index) in csn.down_projs:
+                a, b = csn.down_projs[str(index)], csn.up_projs[str(index)]
+                side = as_tokens(x) @ a.T @ b.T
+                state['sum'] = side if state['sum'] is None else state['sum'] + side
+        return hook
+
+    def after(index):
+        def hook(module, args, out):
+            h = state['sum']
+            side = h * torch.sigmoid(csn.beta * h)
+            if csn.dwconv_kernel:
+                k, (height, width) = csn.dwconv_kernel, state['grid']
+                weight = csn.dwconvs[str(csn.stages[index])].weight
+                patches = side[:, num_extra_tokens:].transpose(1, 2)
+                patches = patches.reshape(len(side), -1, height, width)
+                # 'same': an even kernel pads one more at the bottom/right.
+                patches = F.pad(patches, ((k - 1) // 2, k // 2, (k - 1) // 2, k // 2))
+                patches = F.conv2d(patches, weight, groups=patches.shape[1])
+                side = torch.cat([side[:, :num_extra_tokens],
+                                  patches.flatten(2).transpose(1, 2)], dim=1)
+            if out.dim() == 4:
+                return out + side.transpose(1, 2).reshape(out.shape)
+            return out + side
+        return hook
+
+    def patch_grid(module, args, out):
+        state['grid'] = tuple(out[1])
+
+    handles = []
+    if hasattr(parent, 'patch_embed'):
+        handles.append(parent.patch_embed.register_forward_hook(patch_grid))
+    for index, block in enumerate(blocks):
+        handles.append(block.register_forward_pre_hook(before(index)))
+        if index >= csn.start:
+            handles.append(block.register_forward_hook(after(index)))
+    try:
+        return parent(images)
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -115,7 +115,7 @@ def test_bad_options_are_refused():
         build(VIT, frozen_weights_dtype='int8')
     with pytest.raises(ValueError, match='freeze_backbone=False.*needs freeze_backbone=True'):
         build(VIT, frozen_weights_dtype='bfloat16', freeze_backbone=False)
-    with pytest.raises(ValueError, match='frozen_weights_dtype=.*pack_frozen_weights=True.*one of them'):
+    with pytest.raises(ValueError, match='dtype=.*pack_frozen_weights=True.*one of them'):
         build(SWIN, frozen_weights_dtype='float16', pack_frozen_weights=True)
 
 
