@@ -320,7 +320,11 @@ class PrefixFeatureCache:
         grids = {e['grid'] for e in entries}
         if len(grids) != 1:
             raise ValueError(f'prefix cache: images of one batch have different grids {grids}')
-        device, dtype = images.device, images.dtype
+        # Features come back in the dtype they were computed in (under autocast
+        # a block may return bf16), so a hit equals the plain prefix bit for
+        # bit; a lossy storage dtype is cast back to the images' dtype.
+        device = images.device
+        dtype = images.dtype if self.dtype is not None else None
         tap_inputs = {t: torch.stack([e['taps'][t] for e in entries]).to(device, dtype)
                       for t in entries[0]['taps']}
         output = torch.stack([e['output'] for e in entries]).to(device, dtype)
@@ -396,7 +400,8 @@ class PrefixFeatureCache:
         if set(stored) != set(taps):
             raise ValueError(f'holds the inputs of blocks {sorted(stored)}, this prefix '
                              f'stores {list(taps)}')
-        if not (all(isinstance(t, torch.Tensor) and t.dim() == 2 for t in tensors)
+        # Per image: tokens (N, C), or a map (C, H, W) for convolutional trunks.
+        if not (all(isinstance(t, torch.Tensor) and t.dim() in (2, 3) for t in tensors)
                 and isinstance(grid, list) and len(grid) == 2):
             raise ValueError('malformed prefix-cache entry')
         return dict(taps=stored, output=data['output'], grid=tuple(grid))
