@@ -78,6 +78,9 @@ SUITES = OrderedDict([
     # the demo's mini VTAB-1k, every method (tools/misc/transfer_demo.py runs
     # the same configs in one process, with memory meters, seeds and a plot)
     ('mini-vtab', ('mini-vtab', 'configs/demo/vit-demo_*.py')),
+    # DTL+ on random trunks of every architecture (ViT, DeiT3, BEiT, ConvNeXt):
+    # each trains through the one runner; the ViT row is the demo's control
+    ('mini-vtab-trunks', ('mini-vtab', 'configs/demo/*-demo_dtl+random-trunk_*.py')),
 ])
 # VTAB-1k validation protocol: train on train800, evaluate on val200.
 VAL_MODE_OPTIONS = [

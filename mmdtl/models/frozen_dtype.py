@@ -34,7 +34,7 @@ refused by the other with a :class:`BackboneMismatchError`, and a prefix
 cache never serves features of the other. Build the model with the same
 ``frozen_weights_dtype`` to use such a file.
 """
-from typing import Dict, Optional, Type
+from typing import Dict, Optional, Sequence, Type
 
 import torch
 import torch.nn as nn
@@ -98,7 +98,7 @@ def parse_frozen_weights_dtype(dtype, owner: str) -> Optional[str]:
 
 
 def store_frozen_weights(backbone: nn.Module, dtype, owner: str,
-                         skip: str = 'csn') -> Optional[str]:
+                         skip: str = 'csn', keep_fp32: Sequence[str] = ()) -> Optional[str]:
     """Store the frozen linear/conv weights of ``backbone`` in ``dtype``.
 
     Converts in place every ``nn.Linear``/``nn.Conv{1,2,3}d`` outside
@@ -111,6 +111,10 @@ def store_frozen_weights(backbone: nn.Module, dtype, owner: str,
             None (nothing to do).
         owner (str): Name used in error messages, e.g. ``'DTLViT'``.
         skip (str): Sub-module left alone (the side network).
+        keep_fp32 (Sequence[str]): Module names (last part of the path, e.g.
+            ``'qkv'``) left in fp32: layers whose weight the parent reads
+            directly (``F.linear(x, module.weight)``), bypassing the
+            module's forward.
 
     Returns:
         str | None: The storage dtype's name, as in a config.
@@ -123,6 +127,8 @@ def store_frozen_weights(backbone: nn.Module, dtype, owner: str,
     converted = 0
     for path, module in backbone.named_modules():
         if path == skip or path.startswith(skip + '.') or not isinstance(module, _CONVERTIBLE):
+            continue
+        if path.rsplit('.', 1)[-1] in keep_fp32:
             continue
         params = list(module.parameters(recurse=False))
         if isinstance(module, HalfStoredMixin) or any(p.requires_grad for p in params):

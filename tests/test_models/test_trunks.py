@@ -12,6 +12,7 @@ import mmdtl  # noqa: F401
 from mmdtl.engine import save_task_checkpoint
 from mmdtl.models import MultiTaskDTL
 from mmdtl.models.dtl import INCOMPATIBLE
+from mmdtl.models.frozen_dtype import HalfStoredMixin
 from mmdtl.testing import reference_dtl_forward
 
 VIT_ARCH = dict(embed_dims=16, num_layers=4, num_heads=2, feedforward_channels=32)
@@ -150,6 +151,26 @@ def test_every_mode_is_bit_identical_to_the_plain_runner(trunk, prefix, suffix, 
                                        msg=name)
     if prefix == 'cached':
         assert model.prefix_cache.hits > 0
+
+
+@pytest.mark.parametrize('trunk', list(TRUNKS))
+def test_half_stored_fp32_eval_is_the_rounded_weight_model(trunk):
+    """Outside autocast, half-stored weights compute the fp32 model whose
+    stored layers' weights are rounded to bf16 (BEiT keeps ``qkv`` fp32: its
+    attention reads the weight directly)."""
+    half = build(trunk, frozen_weights_dtype='bfloat16')
+    rounded = build(trunk)
+    half.load_state_dict(rounded.state_dict())
+    stored = {name for name, m in half.named_modules() if isinstance(m, HalfStoredMixin)}
+    assert stored
+    for name, module in rounded.named_modules():
+        if name in stored:
+            for param in module.parameters(recurse=False):
+                param.data = param.data.to(torch.bfloat16).float()
+    images = images_of(trunk)
+    with torch.no_grad():
+        for out, expected in zip(half.eval()(images), rounded.eval()(images)):
+            torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('trunk', list(TRUNKS))

@@ -55,6 +55,8 @@ from pathlib import Path
 
 import torch
 
+from mmdtl.models.dtl import HALF_SUFFIX, DTLOptions, preset_names, preset_options
+
 ARCHS = {
     # name: (backbone cfg, embed dims, DTL csn cfg of the released recipe)
     'vit-b': (dict(type='VisionTransformer', arch='b', img_size=224, patch_size=16),
@@ -67,28 +69,36 @@ ARCHS = {
                                      feedforward_channels=64)),
                       dict(rank=2, taps=list(range(4)), start=2, kernel=3)),
 }
-METHODS = ['full', 'linear', 'lora', 'dtl', 'dtl+', 'dtl+ckpt', 'dtl+cache', 'dtl+packed',
-           'dtl+cache+packed']
+# The baselines; every DTL method is a preset of mmdtl.models.dtl.PRESETS.
+BASELINES = ['full', 'linear', 'lora']
+# The default run.
+METHODS = BASELINES + ['dtl', 'dtl+', 'dtl+ckpt', 'dtl+cache', 'dtl+packed', 'dtl+cache+packed']
 # Frozen weights stored in the AMP dtype (not in the default list).
-HALF_METHODS = ['dtl_half', 'dtl+_half', 'dtl+ckpt_half', 'dtl+ckpt+rp_half']
+HALF_METHODS = [name for name in preset_names() if name.endswith(HALF_SUFFIX)]
+ALL_METHODS = BASELINES + preset_names()
 # Backbone options that only DTL backbones have: dropped to build the parent.
-_DTL_ONLY = ('csn', 'freeze_backbone', 'checkpoint_suffix', 'recompute_prefix_taps',
-             'prefix_cache',
-             'pack_frozen_weights', 'frozen_weights_dtype', 'allow_random_trunk',
-             'allow_partial_trunk', 'init_cfg')
+_DTL_ONLY = ('csn', *DTLOptions.names(), 'init_cfg')
+# --arch prefix of each mmpretrain parent; LoRA targets where not qkv.
+KINDS = {'VisionTransformer': 'vit', 'SwinTransformer': 'swin', 'DeiT3': 'deit3',
+         'BEiTViT': 'beit', 'ConvNeXt': 'convnext'}
+# BEiT: None, mmpretrain's LoRAModel cannot wrap its qkv (the attention reads
+# qkv.weight directly).
+LORA_TARGETS = {'ConvNeXt': [dict(type='pointwise_conv1'), dict(type='pointwise_conv2')],
+                'BEiTViT': None}
 COLUMNS = ['method', 'trainable_backbone', 'trainable_total', 'activation_mb',
            'activation_vs_full', 'peak_mb', 'peak_kind', 'tensor_peak_mb', 'step_ms',
            'step_vs_full', 'epoch1_s', 'epoch2_s', 'infer_img_s']
 
 
 def _zoos() -> dict:
-    from mmpretrain.models.backbones import SwinTransformer, VisionTransformer
-    return {'vit': VisionTransformer.arch_zoo, 'swin': SwinTransformer.arch_zoo}
+    from mmpretrain.models import backbones
+    return {kind: getattr(getattr(backbones, parent), 'arch_zoo', None)
+            or getattr(backbones, parent).arch_settings for parent, kind in KINDS.items()}
 
 
 def arch_names() -> list:
-    """Every ``--arch``: the entries of :data:`ARCHS` and ``vit-``/``swin-``
-    plus each arch name (aliases included) of mmpretrain's zoos."""
+    """Every ``--arch``: the entries of :data:`ARCHS` and ``<kind>-<name>``
+    for each arch name (aliases included) of the zoos of :data:`KINDS`."""
     return sorted(set(ARCHS) | {f'{kind}-{name}' for kind, zoo in _zoos().items()
                                 for name in zoo})
 
@@ -96,11 +106,12 @@ def arch_names() -> list:
 def arch_entry(arch: str) -> tuple:
     """(backbone cfg, DTL recipe) of an ``--arch``.
 
-    Zoo archs get the released recipes scaled to their depth: ViT rank 2,
-    taps at every block, ``M`` = half the depth, 3x3 DWConv (ViT-B: the
-    released ``M=6``); Swin rank 4, taps from the third stage on, ``M`` 5/9
-    into it, 5x5 DWConv (Swin-B: the released taps 4-23, ``M=14``). Patch size
-    14 for the archs pre-trained that way (ViT-H, EVA-g, DINOv2), else 16.
+    Zoo archs get the released recipes scaled to their depth. Plain ViTs
+    (ViT, DeiT3, BEiT): rank 2, taps at every block, ``M`` = half the depth,
+    3x3 DWConv (ViT-B: the released ``M=6``); patch size 14 for the archs
+    pre-trained that way (ViT-H, EVA-g, DINOv2), else 16. Hierarchical trunks
+    (Swin, ConvNeXt): the Swin-B recipe, rank 4, taps from the third stage on,
+    ``M`` 5/9 into it, 5x5 DWConv (Swin-B: the released taps 4-23, ``M=14``).
     """
     if arch in ARCHS:
         return ARCHS[arch]
@@ -109,16 +120,19 @@ def arch_entry(arch: str) -> tuple:
     if name not in zoo:
         raise ValueError(f'--arch {arch!r} is not known; choose from {arch_names()}')
     settings = zoo[name]
-    if kind == 'vit':
+    parent = {k: p for p, k in KINDS.items()}[kind]
+    if 'depths' not in settings:
         depth = settings['num_layers']
         patch = 14 if settings['embed_dims'] in (1280, 1408, 1536) or 'dinov2' in name else 16
-        return (dict(type='VisionTransformer', arch=name, img_size=224, patch_size=patch),
+        return (dict(type=parent, arch=name, img_size=224, patch_size=patch),
                 dict(rank=2, taps=list(range(depth)), start=depth // 2, kernel=3))
     first = sum(settings['depths'][:2])
     third = settings['depths'][2]
-    return (dict(type='SwinTransformer', arch=name, img_size=224),
-            dict(rank=4, taps=list(range(first, sum(settings['depths']))),
-                 start=first + round(third * 5 / 9), kernel=5))
+    backbone = dict(type=parent, arch=name)
+    if parent == 'SwinTransformer':
+        backbone['img_size'] = 224
+    return (backbone, dict(rank=4, taps=list(range(first, sum(settings['depths']))),
+                           start=first + round(third * 5 / 9), kernel=5))
 
 
 def config_entry(path: str) -> tuple:
@@ -128,25 +142,27 @@ def config_entry(path: str) -> tuple:
     memory and speed do not depend on weight values."""
     from mmengine.config import Config
 
+    from mmdtl.models.backbones import DTL_PARENTS
+
     cfg = Config.fromfile(path)
     backbone = cfg.get('model', {}).get('backbone')
     if backbone is None:
         raise ValueError(f'{path}: no model.backbone in this config')
     backbone = backbone.to_dict()
     kind = backbone['type'].split('.')[-1]
-    parents = dict(DTLViT='VisionTransformer', DTLSwin='SwinTransformer')
-    if kind not in (*parents, *parents.values()):
+    if kind not in (*DTL_PARENTS, *DTL_PARENTS.values()):
         raise ValueError(f'{path}: model.backbone.type={backbone["type"]!r}; the benchmark '
-                         f'needs a ViT or Swin backbone (DTLViT, DTLSwin or their parents)')
+                         f'needs a DTL backbone or its parent, one of '
+                         f'{sorted({*DTL_PARENTS, *DTL_PARENTS.values()})}')
     csn = backbone.get('csn') or {}
-    parent = dict(type=parents.get(kind, kind),
+    parent = dict(type=DTL_PARENTS.get(kind, kind),
                   **{k: v for k, v in backbone.items() if k not in (*_DTL_ONLY, 'type')})
     if csn:
         recipe = dict(rank=csn.get('rank', 2), taps=csn.get('taps'),
                       start=csn.get('start', 6), kernel=csn.get('dwconv_kernel', 3))
     else:
-        prefix = 'vit' if parent['type'] == 'VisionTransformer' else 'swin'
-        recipe = arch_entry(f'{prefix}-{parent.get("arch", "base")}')[1]
+        default_arch = 'tiny' if parent['type'] == 'ConvNeXt' else 'base'
+        recipe = arch_entry(f'{KINDS[parent["type"]]}-{parent.get("arch", default_arch)}')[1]
     return parent, recipe
 
 
@@ -174,43 +190,31 @@ def build_model(arch, method: str, num_classes: int, img_size: int,
     ``half_dtype``: the storage dtype of the ``*_half`` methods."""
     from mmpretrain.registry import MODELS
 
-    import mmdtl  # noqa: F401  (registers DTL backbones)
+    from mmdtl.models.backbones import DTL_PARENTS
 
     backbone, recipe = arch_entry(arch) if isinstance(arch, str) else arch
     backbone = dict(backbone)
-    half = method.endswith('_half')
-    method = method[:-len('_half')] if half else method
-    is_swin = backbone['type'] == 'SwinTransformer'
-    if not is_swin:
+    parent = backbone['type']
+    if parent == 'VisionTransformer':  # the released head: pooled patch tokens
         backbone.update(out_type='avg_featmap', final_norm=False)
     if method == 'lora':
-        backbone = dict(type='LoRAModel', module=backbone, rank=8, alpha=8,
-                        targets=[dict(type='qkv')])
-    elif method.startswith('dtl'):
-        backbone['type'] = 'DTLSwin' if is_swin else 'DTLViT'
+        targets = LORA_TARGETS.get(parent, [dict(type='qkv')])
+        if targets is None:
+            raise ValueError(f'lora: mmpretrain\'s LoRAModel cannot wrap {parent}; leave '
+                             f'lora out of --methods')
+        backbone = dict(type='LoRAModel', module=backbone, rank=8, alpha=8, targets=targets)
+    elif method not in BASELINES:
+        dwconv, options = preset_options(method, half_dtype)
+        backbone.update(options)
+        backbone['type'] = {p: d for d, p in DTL_PARENTS.items()}[parent]
         backbone['csn'] = dict(
             type='CompactSideNetwork', rank=recipe['rank'], taps=recipe['taps'],
-            start=recipe['start'], dwconv_kernel=0 if method == 'dtl' else recipe['kernel'])
-        if method in ('dtl+ckpt', 'dtl+ckpt+rp'):
-            backbone['checkpoint_suffix'] = True
-        if method == 'dtl+ckpt+rp' and is_swin:
-            raise ValueError('dtl+ckpt+rp: recompute_prefix_taps is implemented for DTLViT only')
-        if method == 'dtl+ckpt+rp':
-            # Recomputing the prefix in backward needs it deterministic.
+            start=recipe['start'], dwconv_kernel=recipe['kernel'] if dwconv else 0)
+        if DTLOptions(**options).needs_deterministic_prefix:
+            # A cached or recomputed prefix must be deterministic (Swin's
+            # default drop path is 0.1). Warm cache: the first
+            # (activation-measuring) step fills it.
             backbone['drop_path_rate'] = 0.
-            backbone['recompute_prefix_taps'] = True
-        if half:
-            backbone['frozen_weights_dtype'] = half_dtype
-        if method.endswith('+packed'):
-            backbone['pack_frozen_weights'] = True
-        if method.startswith('dtl+cache'):
-            # A cached prefix must be deterministic (Swin's default drop path
-            # is 0.1). Warm cache: the first (activation-measuring) step fills it.
-            backbone['drop_path_rate'] = 0.
-            backbone['prefix_cache'] = dict(storage='device')
-    elif method not in ('full', 'linear') or half:
-        raise ValueError(f'--methods: unknown method {method!r}; choose from '
-                         f'{METHODS + HALF_METHODS}')
     backbone = MODELS.build(backbone)
     if method == 'linear':
         backbone.requires_grad_(False)
@@ -434,9 +438,10 @@ def parse_args(argv=None):
                         help='a config file: benchmark its model.backbone and side network '
                              '(instead of --arch)')
     parser.add_argument('--arch', default='vit-b',
-                        help='vit-<arch> or swin-<arch> of mmpretrain\'s zoo (e.g. vit-l, '
-                             'vit-dinov2-g, swin-t) or vit-tiny-test')
-    parser.add_argument('--methods', nargs='+', default=METHODS, choices=METHODS + HALF_METHODS)
+                        help='<kind>-<arch> of mmpretrain\'s zoos, kind vit, swin, deit3, '
+                             'beit or convnext (e.g. vit-l, vit-dinov2-g, swin-t, '
+                             'convnext-tiny) or vit-tiny-test')
+    parser.add_argument('--methods', nargs='+', default=METHODS, choices=ALL_METHODS)
     add_profile_args(parser)
     parser.add_argument('--work-dir', default='work_dirs/benchmark')
     parser.add_argument('--single', help=argparse.SUPPRESS)

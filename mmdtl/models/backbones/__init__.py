@@ -4,4 +4,13 @@ from .dtl_deit3 import DTLDeiT3
 from .dtl_swin import DTLSwin
 from .dtl_vit import DTLViT
 
-__all__ = ['DTLBEiT', 'DTLConvNeXt', 'DTLDeiT3', 'DTLSwin', 'DTLViT']
+#: DTL backbone -> the mmpretrain backbone it extends (registry names).
+DTL_PARENTS = {
+    'DTLViT': 'VisionTransformer',
+    'DTLSwin': 'SwinTransformer',
+    'DTLDeiT3': 'DeiT3',
+    'DTLBEiT': 'BEiTViT',
+    'DTLConvNeXt': 'ConvNeXt',
+}
+
+__all__ = ['DTLBEiT', 'DTLConvNeXt', 'DTLDeiT3', 'DTLSwin', 'DTLViT', 'DTL_PARENTS']

@@ -11,7 +11,9 @@ class BEiTAdapter(ViTFamilyAdapter):
     """``BEiTViT``: optional absolute position embedding, blocks called as
     ``layer(x, rel_pos_bias)`` where the bias is the shared
     ``RelativePositionBias`` table (``use_shared_rel_pos_bias=True``) or
-    None (each block owns its table)."""
+    None (each block owns its table). Its attention reads ``qkv.weight``
+    directly, so half-stored weights keep ``qkv`` in fp32."""
+    weights_read_directly = ('qkv', )
 
     def embedding_modules(self):
         bb = self.backbone

@@ -2,10 +2,10 @@
 one options object (see ``docs/adding_a_backbone.md``)."""
 from .adapter import TrunkAdapter, ViTFamilyAdapter
 from .backbone import DTLBackbone
-from .options import INCOMPATIBLE, PRESETS, DTLOptions, preset_names, preset_options
+from .options import HALF_SUFFIX, INCOMPATIBLE, PRESETS, DTLOptions, preset_names, preset_options
 from .runner import DTLRunner
 
 __all__ = [
     'TrunkAdapter', 'ViTFamilyAdapter', 'DTLBackbone', 'DTLOptions', 'DTLRunner',
-    'INCOMPATIBLE', 'PRESETS', 'preset_names', 'preset_options'
+    'HALF_SUFFIX', 'INCOMPATIBLE', 'PRESETS', 'preset_names', 'preset_options'
 ]

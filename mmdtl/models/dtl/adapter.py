@@ -64,6 +64,9 @@ class TrunkAdapter:
         return [drop] if drop is not None else []
 
     num_extra_tokens = 0  # leading tokens outside the patch grid (cls)
+    #: Names of layers whose weight the parent reads directly (not through the
+    #: layer's forward); half-stored weights keep them fp32.
+    weights_read_directly: Sequence[str] = ()
 
     # -- computation -----------------------------------------------------------
     def embed(self, images: torch.Tensor) -> Tuple[torch.Tensor, tuple]:

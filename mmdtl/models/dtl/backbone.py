@@ -66,7 +66,8 @@ class DTLBackbone:
         self.dtl_runner.check_options(options)
         self.prefix_cache = build_prefix_cache(self, options.prefix_cache)
         self.frozen_weights_dtype = store_frozen_weights(
-            self, options.frozen_weights_dtype, owner)
+            self, options.frozen_weights_dtype, owner,
+            keep_fp32=self.dtl_trunk.weights_read_directly)
 
     def csn_defaults(self) -> dict:
         """What this backbone fills into a side-network config: the dims and
