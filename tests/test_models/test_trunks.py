@@ -14,6 +14,7 @@ from mmdtl.models import MultiTaskDTL
 from mmdtl.models.dtl import INCOMPATIBLE
 from mmdtl.models.frozen_dtype import HalfStoredMixin
 from mmdtl.testing import reference_dtl_forward
+from mmdtl.utils.memory import saved_activation_bytes
 
 VIT_ARCH = dict(embed_dims=16, num_layers=4, num_heads=2, feedforward_channels=32)
 # name: (DTL type, parent type, config shared by both, csn, image size)
@@ -181,19 +182,7 @@ def test_bytes_kept_for_backward(trunk):
     images = images_of(trunk, batch=4)
 
     def saved_bytes(model):
-        params = {p.untyped_storage()._cdata for p in model.parameters()}
-        saved = {}
-
-        def pack(tensor):
-            key = tensor.untyped_storage()._cdata
-            if key not in params:
-                saved[key] = tensor.untyped_storage().nbytes()
-            return tensor
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = sum(out.sum() for out in model(images))
-        loss.backward()
-        return sum(saved.values())
+        return saved_activation_bytes(model, lambda: sum(out.sum() for out in model(images)))
 
     full = saved_bytes(build(trunk, freeze_backbone=False).train())
     model = build(trunk).train()

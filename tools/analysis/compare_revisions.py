@@ -81,22 +81,16 @@ def run_cases(out_file: str) -> None:
 
 def _step(model, images, autocast):
     import torch
-    params = {p.untyped_storage()._cdata for p in model.parameters()}
-    saved = {}
 
-    def pack(tensor):
-        key = tensor.untyped_storage()._cdata
-        if key not in params:
-            saved[key] = tensor.untyped_storage().nbytes()
-        return tensor
+    from mmdtl.utils.memory import SavedTensorMeter
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+    with SavedTensorMeter(exclude=model.parameters()) as meter, \
             torch.autocast('cpu', torch.bfloat16, enabled=autocast):
         out = model(images)[-1]
     model.zero_grad()
     out.float().square().sum().backward()
     grads = {n: p.grad.clone() for n, p in model.csn.named_parameters()}
-    return out.detach().float(), grads, sum(saved.values())
+    return out.detach().float(), grads, meter.bytes
 
 
 def compare(before: dict, after: dict) -> list:

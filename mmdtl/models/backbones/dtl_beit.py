@@ -4,7 +4,7 @@ from mmpretrain.models.backbones import BEiTViT
 from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
-from ..dtl import DTLBackbone, DTLOptions, ViTFamilyAdapter
+from ..dtl import DTLBackbone, ViTFamilyAdapter
 
 
 class BEiTAdapter(ViTFamilyAdapter):
@@ -55,8 +55,3 @@ class DTLBEiT(DTLBackbone, BEiTViT):
             and the other arguments of :class:`BEiTViT`.
     """
     trunk_adapter = BEiTAdapter
-
-    def __init__(self, *args, csn: dict = dict(type='CompactSideNetwork'), **kwargs):
-        options, kwargs = DTLOptions.split(kwargs)
-        super().__init__(*args, **kwargs)
-        self.setup_dtl(csn, options)

@@ -1,16 +1,16 @@
 """DTL on mmpretrain's ConvNeXt: a convolutional trunk whose stream is a
 feature map; the side network reads it channels-last as tokens."""
-from typing import List, Optional
+from typing import List
 
 from mmpretrain.models.backbones import ConvNeXt
 from mmpretrain.registry import MODELS
 
-from ..dtl import DTLBackbone, DTLOptions, TrunkAdapter
+from ..dtl import DTLBackbone, TrunkAdapter
 
 
 class ConvNeXtAdapter(TrunkAdapter):
     """``ConvNeXt``: the stem is ``downsample_layers[0]``; blocks are
-    numbered globally across the four stages and called as ``block(x)`` on
+    numbered globally across its stages and called as ``block(x)`` on
     ``(B, C, H, W)`` maps; after a stage's last block come its output
     (``norm{i}``, optionally after global pooling) and the next stage's
     downsampling layer. The side network sees the map as ``H*W`` tokens of
@@ -26,16 +26,6 @@ class ConvNeXtAdapter(TrunkAdapter):
         bb = self.backbone
         return [bb.channels[i] for i, stage in enumerate(bb.stages) for _ in stage]
 
-    def _stage_ending_at(self, index: int) -> Optional[int]:
-        last = -1
-        for i, stage in enumerate(self.backbone.stages):
-            last += len(stage)
-            if last == index:
-                return i
-            if last > index:
-                return None
-        return None
-
     def embedding_modules(self):
         return [self.backbone.downsample_layers[0]]
 
@@ -43,7 +33,7 @@ class ConvNeXtAdapter(TrunkAdapter):
         return []
 
     def transition_modules(self, index: int):
-        stage = self._stage_ending_at(index)
+        stage = self.stage_ending_at(index)
         if stage is None or stage + 1 >= len(self.backbone.stages):
             return []
         return [self.backbone.downsample_layers[stage + 1]]
@@ -53,7 +43,7 @@ class ConvNeXtAdapter(TrunkAdapter):
         return x, tuple(x.shape[-2:])
 
     def after_block(self, index, x, grid):
-        bb, s = self.backbone, self._stage_ending_at(index)
+        bb, s = self.backbone, self.stage_ending_at(index)
         if s is None:
             return x, grid, []
         outs = []
@@ -67,11 +57,6 @@ class ConvNeXtAdapter(TrunkAdapter):
             x = bb.downsample_layers[s + 1](x)
             grid = tuple(x.shape[-2:])
         return x, grid, outs
-
-    def outputs_before(self, start: int) -> List[int]:
-        stages = self.backbone.stages
-        last = [sum(len(st) for st in stages[:i + 1]) - 1 for i in range(len(stages))]
-        return [i for i in self.backbone.out_indices if last[i] < start]
 
     def tokens(self, x, grid):
         return x.flatten(2).transpose(1, 2)
@@ -99,8 +84,3 @@ class DTLConvNeXt(DTLBackbone, ConvNeXt):
             and the other arguments of :class:`ConvNeXt`.
     """
     trunk_adapter = ConvNeXtAdapter
-
-    def __init__(self, *args, csn: dict = dict(type='CompactSideNetwork'), **kwargs):
-        options, kwargs = DTLOptions.split(kwargs)
-        super().__init__(*args, **kwargs)
-        self.setup_dtl(csn, options)

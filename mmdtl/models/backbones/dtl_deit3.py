@@ -4,7 +4,7 @@ from mmpretrain.models.backbones import DeiT3
 from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
-from ..dtl import DTLBackbone, DTLOptions, ViTFamilyAdapter
+from ..dtl import DTLBackbone, ViTFamilyAdapter
 
 
 class DeiT3Adapter(ViTFamilyAdapter):
@@ -39,8 +39,3 @@ class DTLDeiT3(DTLBackbone, DeiT3):
             and the other arguments of :class:`DeiT3`.
     """
     trunk_adapter = DeiT3Adapter
-
-    def __init__(self, *args, csn: dict = dict(type='CompactSideNetwork'), **kwargs):
-        options, kwargs = DTLOptions.split(kwargs)
-        super().__init__(*args, **kwargs)
-        self.setup_dtl(csn, options)

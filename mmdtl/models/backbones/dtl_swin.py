@@ -5,7 +5,7 @@ from mmpretrain.models.backbones import SwinTransformer
 from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
-from ..dtl import DTLBackbone, DTLOptions, TrunkAdapter
+from ..dtl import DTLBackbone, TrunkAdapter
 
 
 class SwinAdapter(TrunkAdapter):
@@ -23,17 +23,6 @@ class SwinAdapter(TrunkAdapter):
     def block_dims(self) -> List[int]:
         return [stage.embed_dims for stage in self.backbone.stages for _ in stage.blocks]
 
-    def _stage_ending_at(self, index: int):
-        """The stage index whose last block is ``index``, else None."""
-        last = -1
-        for i, stage in enumerate(self.backbone.stages):
-            last += len(stage.blocks)
-            if last == index:
-                return i
-            if last > index:
-                return None
-        return None
-
     def embedding_modules(self):
         return [self.backbone.patch_embed]
 
@@ -42,7 +31,7 @@ class SwinAdapter(TrunkAdapter):
         return [bb.absolute_pos_embed] if bb.use_abs_pos_embed else []
 
     def transition_modules(self, index: int):
-        stage = self._stage_ending_at(index)
+        stage = self.stage_ending_at(index)
         if stage is None or self.backbone.stages[stage].downsample is None:
             return []
         return [self.backbone.stages[stage].downsample]
@@ -60,7 +49,7 @@ class SwinAdapter(TrunkAdapter):
         return block(x, grid)
 
     def after_block(self, index, x, grid):
-        bb, s = self.backbone, self._stage_ending_at(index)
+        bb, s = self.backbone, self.stage_ending_at(index)
         if s is None:
             return x, grid, []
         downsample, outs = bb.stages[s].downsample, []
@@ -74,10 +63,6 @@ class SwinAdapter(TrunkAdapter):
             x, grid = downsample(x, grid)
         return x, tuple(grid), outs
 
-    def outputs_before(self, start: int) -> List[int]:
-        last = [sum(len(st.blocks) for st in self.backbone.stages[:i + 1]) - 1
-                for i in range(len(self.backbone.stages))]
-        return [i for i in self.backbone.out_indices if last[i] < start]
 
 
 @MODELS.register_module()
@@ -110,12 +95,6 @@ class DTLSwin(DTLBackbone, SwinTransformer):
             and the other arguments of :class:`SwinTransformer`.
     """
     trunk_adapter = SwinAdapter
-
-    def __init__(self, *args, csn: dict = dict(type='CompactSideNetwork'), **kwargs):
-        options, kwargs = DTLOptions.split(kwargs)
-        super().__init__(*args, **kwargs)
-        # After the parent's hooks (pos-embed and relative-position resize).
-        self.setup_dtl(csn, options)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
         """Rename old (mmcls < v2) keys as the parent does; the parent skips

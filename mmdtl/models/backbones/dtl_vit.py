@@ -3,7 +3,7 @@ from mmpretrain.models.backbones import VisionTransformer
 from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
-from ..dtl import DTLBackbone, DTLOptions, ViTFamilyAdapter
+from ..dtl import DTLBackbone, ViTFamilyAdapter
 
 
 class ViTAdapter(ViTFamilyAdapter):
@@ -58,16 +58,12 @@ class DTLViT(DTLBackbone, VisionTransformer):
     """
     trunk_adapter = ViTAdapter
 
-    def __init__(self,
-                 *args,
-                 csn: dict = dict(type='CompactSideNetwork'),
-                 out_type: str = 'avg_featmap',
-                 final_norm: bool = False,
+    def __init__(self, *args, out_type: str = 'avg_featmap', final_norm: bool = False,
                  **kwargs):
-        options, kwargs = DTLOptions.split(kwargs)
         super().__init__(*args, out_type=out_type, final_norm=final_norm, **kwargs)
+
+    def register_trunk_hooks(self) -> None:
         self._register_load_state_dict_pre_hook(self._final_norm_into_ln2)
-        self.setup_dtl(csn, options)
 
     def _final_norm_into_ln2(self, state_dict, prefix, *args, **kwargs):
         """Pre-trained checkpoints name the final LayerNorm ``ln1``; with

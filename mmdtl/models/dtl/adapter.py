@@ -11,7 +11,7 @@ ConvNeXt: maps ``(B, C, H, W)``); the side network always reads and writes
 *tokens* ``(B, num_extra_tokens + H*W, C)``, which :meth:`tokens` and
 :meth:`stream` convert. The *grid* is the ``(H, W)`` of the current stage.
 """
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -89,10 +89,25 @@ class TrunkAdapter:
         raise NotImplementedError
 
     def outputs_before(self, start: int) -> List[int]:
-        """The ``out_indices`` produced before block ``start`` finishes
+        """The ``out_indices`` complete before block ``start`` adds back
         (features of the frozen prefix, which a cached or recomputed prefix
-        does not compute)."""
-        raise NotImplementedError
+        does not compute). Defaults to stage outputs (Swin, ConvNeXt):
+        ``out_indices`` index stages, each complete after its last block."""
+        last = self.stage_last_blocks()
+        return [i for i in self.backbone.out_indices if last[i] < start]
+
+    # -- stages ----------------------------------------------------------------
+    def stage_last_blocks(self) -> List[int]:
+        """The global index of every stage's last block."""
+        stages = self.block_stages()
+        return [i for i in range(len(stages)) if i + 1 == len(stages) or stages[i + 1] != stages[i]]
+
+    def stage_ending_at(self, index: int) -> Optional[int]:
+        """The stage whose last block is ``index``, else None."""
+        stages = self.block_stages()
+        if index + 1 == len(stages) or stages[index + 1] != stages[index]:
+            return stages[index]
+        return None
 
     # -- stream <-> tokens -----------------------------------------------------
     def tokens(self, x: torch.Tensor, grid: tuple) -> torch.Tensor:

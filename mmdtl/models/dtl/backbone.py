@@ -18,31 +18,45 @@ from .runner import DTLRunner
 class DTLBackbone:
     """Mixin that turns an mmpretrain backbone into a DTL backbone.
 
-    Put it first among the bases, set :attr:`trunk_adapter`, and call
-    :meth:`setup_dtl` at the end of ``__init__`` (after the parent's, and
-    after registering any parent-specific ``load_state_dict`` hooks)::
+    Put it first among the bases and set :attr:`trunk_adapter`; that is a
+    whole DTL backbone::
 
         @MODELS.register_module()
         class DTLDeiT3(DTLBackbone, DeiT3):
-            trunk_adapter = ViTFamilyAdapter
+            trunk_adapter = DeiT3Adapter
 
-            def __init__(self, *args, csn=dict(type='CompactSideNetwork'), **kwargs):
-                options, kwargs = DTLOptions.split(kwargs)
-                super().__init__(*args, **kwargs)
-                self.setup_dtl(csn, options)
+    Its ``__init__`` takes the side network's config ``csn`` and the fields of
+    :class:`DTLOptions` next to the parent's arguments, builds the parent,
+    calls :meth:`register_trunk_hooks` and then :meth:`setup_dtl`. The
+    parent's ``forward`` is replaced by :class:`DTLRunner`'s; every other
+    parent feature (archs, ``out_indices``, checkpoints) is kept.
 
-    The parent's ``forward`` is replaced by :class:`DTLRunner`'s; every
-    other parent feature (archs, ``out_indices``, checkpoints) is kept.
+    Args:
+        csn (dict | nn.Module): The side network's config (the backbone
+            fills in ``embed_dims``, ``num_layers`` and ``stages``) or a
+            built :class:`CompactSideNetwork` for this backbone.
+        **kwargs: The fields of :class:`DTLOptions` and the parent's
+            arguments.
     """
     trunk_adapter: Type[TrunkAdapter] = TrunkAdapter
 
+    def __init__(self, *args, csn: Union[dict, nn.Module] = dict(type='CompactSideNetwork'),
+                 **kwargs):
+        options, kwargs = DTLOptions.split(kwargs)
+        super().__init__(*args, **kwargs)
+        self.register_trunk_hooks()
+        self.setup_dtl(csn, options)
+
+    def register_trunk_hooks(self) -> None:
+        """Register ``load_state_dict`` hooks of this trunk that must run
+        before the trunk check (e.g. key renames). Defaults to none."""
+
     def setup_dtl(self, csn: Union[dict, nn.Module], options: DTLOptions) -> None:
-        """Freeze the trunk, build the side network and apply ``options``.
+        """Freeze the trunk, build the side network and apply ``options``
+        (called by ``__init__`` after the parent's and the trunk's hooks).
 
         Args:
-            csn (dict | nn.Module): The side network's config (the backbone
-                fills in ``embed_dims``, ``num_layers`` and ``stages``) or a
-                built :class:`CompactSideNetwork` for this backbone.
+            csn (dict | nn.Module): See the class.
             options (DTLOptions): The backbone's DTL options.
         """
         owner = type(self).__name__
