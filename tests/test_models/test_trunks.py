@@ -91,6 +91,20 @@ def plain_result(trunk, autocast):
     return step(build(trunk).train(), images_of(trunk), autocast)
 
 
+@functools.lru_cache(maxsize=None)
+def reference_result(trunk):
+    """Outputs and CSN gradients of the paper's equations on the parent (fp32)."""
+    dtl = build(trunk).train()
+    parent = parent_of(trunk, dtl)
+    parent.train()
+    outs = reference_dtl_forward(parent, dtl.csn, type(dtl).trunk_adapter(parent).blocks(),
+                                 images_of(trunk), dtl.dtl_trunk.num_extra_tokens)
+    dtl.csn.zero_grad()
+    sum(out.square().sum() for out in outs).backward()
+    return ([out.detach() for out in outs],
+            {n: p.grad.clone() for n, p in dtl.csn.named_parameters()})
+
+
 @pytest.mark.parametrize('trunk', list(TRUNKS))
 def test_fresh_csn_is_the_parent(trunk):
     dtl = build(trunk)
@@ -107,20 +121,13 @@ def test_fresh_csn_is_the_parent(trunk):
 
 @pytest.mark.parametrize('trunk', list(TRUNKS))
 def test_plain_runner_is_the_paper_on_the_parent(trunk):
-    dtl = build(trunk).train()
-    parent = parent_of(trunk, dtl)
-    parent.train()
-    images = images_of(trunk)
-    outs, grads = step(dtl, images)
-    ref = reference_dtl_forward(parent, dtl.csn, type(dtl).trunk_adapter(parent).blocks(),
-                                images, dtl.dtl_trunk.num_extra_tokens)
-    dtl.csn.zero_grad()
-    sum(out.square().sum() for out in ref).backward()
-    for out, expected in zip(outs, ref):
-        torch.testing.assert_close(out, expected.detach(), rtol=1e-5, atol=1e-5)
-    for name, param in dtl.csn.named_parameters():
-        assert grads[name].abs().sum() > 0, name
-        torch.testing.assert_close(grads[name], param.grad, rtol=1e-4, atol=1e-6, msg=name)
+    outs, grads = plain_result(trunk, False)
+    expected_outs, expected_grads = reference_result(trunk)
+    for out, expected in zip(outs, expected_outs):
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    for name, grad in grads.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize('storage', ['fp32', 'bf16'])
@@ -129,8 +136,9 @@ def test_plain_runner_is_the_paper_on_the_parent(trunk):
 @pytest.mark.parametrize('trunk', list(TRUNKS))
 def test_every_mode_is_bit_identical_to_the_plain_runner(trunk, prefix, suffix, storage):
     """Logits and CSN gradients of every prefix x suffix x storage mode equal
-    the plain runner's exactly: fp32, and bf16 autocast (where half-stored
-    weights are exact by construction)."""
+    the plain runner's exactly, fp32 and bf16 autocast (where half-stored
+    weights are exact by construction), and the paper's equations on the
+    parent (fp32, within float rounding)."""
     half = storage == 'bf16'
     options = {**PREFIX_MODES[prefix], **SUFFIX_MODES[suffix]}
     if half:
@@ -150,6 +158,13 @@ def test_every_mode_is_bit_identical_to_the_plain_runner(trunk, prefix, suffix, 
         for name in grads:
             torch.testing.assert_close(grads[name], expected_grads[name], rtol=0, atol=0,
                                        msg=name)
+        if not autocast:  # and the paper's equations on the parent, directly
+            reference_outs, reference_grads = reference_result(trunk)
+            for out, expected in zip(outs, reference_outs):
+                torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+            for name in grads:
+                torch.testing.assert_close(grads[name], reference_grads[name], rtol=1e-4,
+                                           atol=1e-6, msg=name)
     if prefix == 'cached':
         assert model.prefix_cache.hits > 0
 

@@ -64,7 +64,6 @@ class SwinAdapter(TrunkAdapter):
         return x, tuple(grid), outs
 
 
-
 @MODELS.register_module()
 class DTLSwin(DTLBackbone, SwinTransformer):
     """Swin Transformer fine-tuned with Disentangled Transfer Learning.
