@@ -80,7 +80,7 @@ ALL_METHODS = BASELINES + preset_names()
 _DTL_ONLY = ('csn', *DTLOptions.names(), 'init_cfg')
 # --arch prefix of each mmpretrain parent; LoRA targets where not qkv.
 KINDS = {'VisionTransformer': 'vit', 'SwinTransformer': 'swin', 'DeiT3': 'deit3',
-         'BEiTViT': 'beit', 'ConvNeXt': 'convnext'}
+         'BEiTViT': 'beit', 'ConvNeXt': 'convnext', 'ViTEVA02': 'eva02'}
 # BEiT: None, mmpretrain's LoRAModel cannot wrap its qkv (the attention reads
 # qkv.weight directly).
 LORA_TARGETS = {'ConvNeXt': [dict(type='pointwise_conv1'), dict(type='pointwise_conv2')],
@@ -438,7 +438,7 @@ def parse_args(argv=None):
                         help='a config file: benchmark its model.backbone and side network '
                              '(instead of --arch)')
     parser.add_argument('--arch', default='vit-b',
-                        help='<kind>-<arch> of mmpretrain\'s zoos, kind vit, swin, deit3, '
+                        help='<kind>-<arch> of mmpretrain\'s zoos, kind vit, swin, deit3, eva02, '
                              'beit or convnext (e.g. vit-l, vit-dinov2-g, swin-t, '
                              'convnext-tiny) or vit-tiny-test')
     parser.add_argument('--methods', nargs='+', default=METHODS, choices=ALL_METHODS)

@@ -1,0 +1,33 @@
+"""DTL on mmpretrain's ViTEVA02 (EVA-02): blocks that take the patch grid as a
+second argument for their rotary position embedding."""
+from mmpretrain.models.backbones import ViTEVA02
+from mmpretrain.registry import MODELS
+
+from ..dtl import DTLBackbone
+from .dtl_vit import ViTAdapter
+
+
+class EVA02Adapter(ViTAdapter):
+    """``ViTEVA02``: embedded as ``VisionTransformer``; every block is called
+    as ``layer(x, patch_resolution)`` (the rotary embedding is laid over the
+    current patch grid)."""
+
+    def call_block(self, index, block, x, grid):
+        return block(x, grid)
+
+
+@MODELS.register_module()
+class DTLViTEVA02(DTLBackbone, ViTEVA02):
+    """EVA-02 fine-tuned with Disentangled Transfer Learning.
+
+    A frozen :class:`mmpretrain.models.ViTEVA02` plus a Compact Side Network
+    built from ``csn``, tapped and added back as in :class:`DTLViT`; each
+    block still receives the patch grid for its rotary embedding.
+
+    Args:
+        csn (dict): Config of the side network; ``embed_dims`` and
+            ``num_layers`` are filled in from the backbone.
+        **kwargs: The DTL options of :class:`mmdtl.models.dtl.DTLOptions`
+            and the other arguments of :class:`ViTEVA02`.
+    """
+    trunk_adapter = EVA02Adapter
