@@ -21,4 +21,4 @@ model = dict(
         allow_random_trunk=True,
         csn=dict(type='CompactSideNetwork', rank=2, taps=list(range(6)), start=3, beta=100.,
                  dwconv_kernel=3)),
-    neck=dict(type='GlobalAveragePooling'))
+    neck=dict(_delete_=True, type='GlobalAveragePooling'))
