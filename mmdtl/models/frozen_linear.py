@@ -22,7 +22,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 
 
 def packing_available() -> bool:
@@ -39,8 +39,10 @@ def _packed_linear(x: torch.Tensor, packed: torch.Tensor,
 
 def packed_linears(packs: Optional['FrozenLinearPacks'], inputs: torch.Tensor):
     """``packs.active()`` for CPU ``inputs``; a no-op context when ``packs``
-    is None or the model runs elsewhere (no per-op dispatch cost on GPU)."""
-    if packs is None or inputs.device.type != 'cpu':
+    is None, the model runs elsewhere (no per-op dispatch cost on GPU) or
+    ``packs`` are already active in this thread (callers nest: a nested mode
+    would add a second Python dispatch to every op)."""
+    if packs is None or inputs.device.type != 'cpu' or packs.is_active():
         return contextlib.nullcontext()
     return packs.active()
 
@@ -142,6 +144,11 @@ class FrozenLinearPacks:
     def active(self) -> '_PackedLinearMode':
         """Context manager routing eligible ``F.linear`` calls to the packs."""
         return _PackedLinearMode(self)
+
+    def is_active(self) -> bool:
+        """Whether a mode of these packs is on this thread's mode stack."""
+        return any(isinstance(mode, _PackedLinearMode) and mode.packs is self
+                   for mode in _get_current_function_mode_stack())
 
     @staticmethod
     def eligible(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:

@@ -56,8 +56,9 @@ def _backbone_cfg(backbone: Union[str, dict, Config]) -> dict:
     if 'backbone' in cfg:
         cfg = cfg.backbone
     if 'type' not in cfg:
-        raise ValueError(f'No backbone config found in {backbone!r}; pass a DTLViT or '
-                         f'DTLSwin config dict or a config file with `model.backbone`.')
+        raise ValueError(f'No backbone config found in {backbone!r}; pass a DTL backbone '
+                         f'config dict (DTLViT, DTLSwin, ...) or a config file with '
+                         f'`model.backbone`.')
     return cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)
 
 
@@ -83,9 +84,9 @@ class MultiTaskDTL(BaseModel):
     each task's remaining blocks.
 
     Args:
-        backbone (dict | str | Config): Config of the shared ``DTLViT`` or
-            ``DTLSwin``, or a config file / config whose ``model.backbone``
-            is used. Its own
+        backbone (dict | str | Config): Config of the shared DTL backbone
+            (``DTLViT``, ``DTLSwin``, ``DTLConvNeXt``, ...), or a config file
+            / config whose ``model.backbone`` is used. Its own
             ``csn`` is built but not used.
         tasks (Sequence[str] | Mapping[str, str]): Task files, or task name
             -> task file. Names default to the file's ``meta['task_name']``,

@@ -150,3 +150,26 @@ def test_packs_are_not_saved_copied_or_pickled():
     with torch.no_grad():
         torch.testing.assert_close(clone(torch.ones(1, 3, 32, 32))[0],
                                    model(torch.ones(1, 3, 32, 32))[0])
+
+
+def test_nested_use_stacks_one_mode():
+    """The runner enters the packs around the forward and again around each
+    block (checkpointing recomputes blocks outside forward); nested entries
+    must not stack a second mode, which would dispatch every op twice in
+    Python (the packed ViT-B step took 1.6x as long)."""
+    from torch.overrides import _get_current_function_mode_stack
+
+    from mmdtl.models.frozen_linear import _PackedLinearMode, packed_linears
+
+    packs, x = FrozenLinearPacks(), torch.zeros(1)
+
+    def modes():
+        return sum(isinstance(m, _PackedLinearMode) for m in _get_current_function_mode_stack())
+
+    with packed_linears(packs, x):
+        assert packs.is_active() and modes() == 1
+        with packed_linears(packs, x):
+            assert modes() == 1
+        with packed_linears(FrozenLinearPacks(), x):  # other packs do stack
+            assert modes() == 2
+    assert not packs.is_active() and modes() == 0
