@@ -107,13 +107,12 @@ class DTLRunner:
         outs: list = []
         if self.frozen_prefix():
             if cache_applies(bb.prefix_cache, bb.training, True):
-                tap_inputs, x, grid = bb.prefix_cache.fetch(bb, images, self.prefix_features)
-                running_sum = self.tap_prefix(tap_inputs, grid)
+                running_sum, x, grid = self.tap_prefix(
+                    *bb.prefix_cache.fetch(bb, images, self.prefix_features))
             elif bb.dtl_options.recompute_prefix_taps and grad_enabled:
                 running_sum, x, grid = csn.recomputed_prefix_taps(self._recompute_prefix, images)
             else:
-                tap_inputs, x, grid = self.prefix_features(images, outs)
-                running_sum = self.tap_prefix(tap_inputs, grid)
+                running_sum, x, grid = self.tap_prefix(*self.prefix_features(images, outs))
             # Block M's output receives the side output; the suffix follows.
             x = self.add_back(start, x, running_sum, grid)
             x, grid = self._after_block(start, x, grid, outs)
@@ -212,17 +211,21 @@ class DTLRunner:
         x, grid = self.run_prefix(images, keep, outs)
         return tap_inputs, x, tuple(grid)
 
-    def tap_prefix(self, tap_inputs: Dict[int, torch.Tensor], grid: tuple
-                   ) -> Optional[torch.Tensor]:
+    def tap_prefix(self, tap_inputs: Dict[int, torch.Tensor], x: torch.Tensor, grid: tuple
+                   ) -> Tuple[Optional[torch.Tensor], torch.Tensor, tuple]:
         """The running sum after the taps of blocks ``0..M`` on their stored
-        inputs. Taps live in block ``M``'s stage (the side network refuses
-        others), so they share its grid."""
+        inputs, with block ``M``'s output and grid passed through. Taps live in
+        block ``M``'s stage (the side network refuses others), so they share
+        its grid. Each input is dropped once tapped: under autocast a tap keeps
+        only its half copy for backward, and the fp32 input need not stay."""
         running_sum = None
         for index in range(self.csn.start + 1):
-            x = tap_inputs.get(index)
-            tokens = None if x is None else self.trunk.tokens(x, grid)
+            tap_input = tap_inputs.pop(index, None)
+            tokens = None if tap_input is None else self.trunk.tokens(tap_input, grid)
+            del tap_input
             running_sum = self.csn.tap(index, tokens, running_sum)
-        return running_sum
+            del tokens
+        return running_sum, x, grid
 
     def _recompute_prefix(self, images: torch.Tensor, on_tap: Callable
                           ) -> Tuple[torch.Tensor, tuple]:
