@@ -1,5 +1,5 @@
 """:class:`DTLBackbone`: what every DTL backbone adds to its mmpretrain parent."""
-from typing import Optional, Type, Union
+from typing import Type, Union
 
 import torch
 import torch.nn as nn
@@ -115,8 +115,8 @@ def _check_csn_cfg(csn: dict, owner: str, **backbone) -> None:
                              f'it in)')
 
 
-def _check_built_csn(csn: CompactSideNetwork, embed_dims, num_layers, stages,
-                     owner: Optional[str] = None) -> None:
+def _check_built_csn(csn: CompactSideNetwork, embed_dims, num_layers, stages) -> None:
+    """A side network passed built must fit the backbone's blocks."""
     if (csn.num_layers != num_layers or list(csn.embed_dims) != list(embed_dims)
             or list(csn.stages) != list(stages)):
         raise ValueError(
