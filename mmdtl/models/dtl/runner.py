@@ -4,8 +4,8 @@ With ``M = csn.start``, blocks ``0..M`` (the *prefix*) never see
 task-specific input. When they are frozen the runner computes them in one of
 three ways and never records a graph for them:
 
-- *plain*: run them without grad, keep the inputs of the tapped blocks and
-  tap them afterwards (the taps' gradients need those inputs anyway);
+- *plain*: run them without grad and tap each block input as it comes (the
+  taps' gradients need those inputs, or their autocast copies, anyway);
 - *cached* (``prefix_cache``): read those inputs and block ``M``'s output
   from :class:`PrefixFeatureCache`, computing only misses;
 - *recomputed* (``recompute_prefix_taps``): run the taps in
@@ -112,7 +112,7 @@ class DTLRunner:
             elif bb.dtl_options.recompute_prefix_taps and grad_enabled:
                 running_sum, x, grid = csn.recomputed_prefix_taps(self._recompute_prefix, images)
             else:
-                running_sum, x, grid = self.tap_prefix(*self.prefix_features(images, outs))
+                running_sum, x, grid = self.tapped_prefix(images, outs)
             # Block M's output receives the side output; the suffix follows.
             x = self.add_back(start, x, running_sum, grid)
             x, grid = self._after_block(start, x, grid, outs)
@@ -211,10 +211,28 @@ class DTLRunner:
         x, grid = self.run_prefix(images, keep, outs)
         return tap_inputs, x, tuple(grid)
 
+    def tapped_prefix(self, images: torch.Tensor, outs: list
+                      ) -> Tuple[Optional[torch.Tensor], torch.Tensor, tuple]:
+        """The plain prefix: blocks ``0..M`` without grad, each tap made (with
+        grad) as soon as its block input exists, so under autocast only the
+        tap's half copy outlives the fp32 input.
+
+        Returns:
+            tuple: The running sum, block ``M``'s output and its grid.
+        """
+        state = {}
+
+        def tap(index, x, grid):
+            state['sum'] = self.csn.tap(index, self.trunk.tokens(x, grid), state.get('sum'))
+
+        x, grid = self.run_prefix(images, tap, outs)
+        return state.get('sum'), x, grid
+
     def tap_prefix(self, tap_inputs: Dict[int, torch.Tensor], x: torch.Tensor, grid: tuple
                    ) -> Tuple[Optional[torch.Tensor], torch.Tensor, tuple]:
         """The running sum after the taps of blocks ``0..M`` on their stored
-        inputs, with block ``M``'s output and grid passed through. Taps live in
+        inputs (a prefix-cache hit), with block ``M``'s output and grid passed
+        through. Taps live in
         block ``M``'s stage (the side network refuses others), so they share
         its grid. Each input is dropped once tapped: under autocast a tap keeps
         only its half copy for backward, and the fp32 input need not stay."""
