@@ -301,3 +301,20 @@ def test_multitask_equals_each_task_model(trunk, tmp_path):
         for name, model in models.items():
             torch.testing.assert_close(outputs[name], model(images, mode='tensor'),
                                        rtol=1e-5, atol=1e-5)
+
+
+def test_output_at_block_m_works_with_a_cached_or_recomputed_prefix():
+    """Block M's output is taken after its add-back, so out_indices may name
+    M itself; only earlier ones lie in the prefix."""
+    images = images_of('vit')
+    start = TRUNKS['vit'][3]['start']
+    expected = build('vit', out_indices=(start, 3)).train()
+    expected_outs = [out.detach() for out in expected(images)]
+    for option in (dict(prefix_cache=dict(storage='memory')), dict(recompute_prefix_taps=True)):
+        model = build('vit', out_indices=(start, 3), **option).train()
+        for _ in range(2):
+            outs = model(images)
+        for out, ref in zip(outs, expected_outs):
+            torch.testing.assert_close(out.detach(), ref, rtol=0, atol=0)
+        with pytest.raises(ValueError, match=rf'out_indices \[{start - 1}\] lie in the'):
+            build('vit', out_indices=(start - 1, 3), **option)

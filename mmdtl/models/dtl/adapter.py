@@ -100,7 +100,8 @@ class TrunkAdapter:
     def stage_last_blocks(self) -> List[int]:
         """The global index of every stage's last block."""
         stages = self.block_stages()
-        return [i for i in range(len(stages)) if i + 1 == len(stages) or stages[i + 1] != stages[i]]
+        return [i for i in range(len(stages))
+                if i + 1 == len(stages) or stages[i + 1] != stages[i]]
 
     def stage_ending_at(self, index: int) -> Optional[int]:
         """The stage whose last block is ``index``, else None."""
@@ -155,4 +156,5 @@ class ViTFamilyAdapter(TrunkAdapter):
         return x, grid, outs
 
     def outputs_before(self, start: int) -> List[int]:
-        return [i for i in self.backbone.out_indices if i <= start]
+        # Block M's own output is taken after its add-back.
+        return [i for i in self.backbone.out_indices if i < start]
