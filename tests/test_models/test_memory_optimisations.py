@@ -53,6 +53,8 @@ def test_optimisations_keep_outputs_and_gradients(variant):
     other.csn.recompute_side_output = recompute
     for key, value in variant.items():
         setattr(other, key, value)
+    # Switched on the built model, the option reaches the runner.
+    assert other.dtl_options.checkpoint_suffix == variant.get('checkpoint_suffix', False)
     out_a, grads_a = loss_and_grads(base, images)
     out_b, grads_b = loss_and_grads(other, images)
     torch.testing.assert_close(out_a, out_b)
@@ -68,7 +70,8 @@ def test_no_grad_prefix_keeps_gradients():
     model = build('dtl+')
     out_a, grads_a = loss_and_grads(model, images)
     recorded = copy.deepcopy(model)
-    recorded._frozen_prefix = lambda: False  # grad mode on everywhere, no optimisation
+    # grad mode on everywhere, no optimisation
+    recorded.dtl_runner.frozen_prefix = lambda: False
     out_b, grads_b = loss_and_grads(recorded, images)
     torch.testing.assert_close(out_a, out_b)
     for name in grads_a:

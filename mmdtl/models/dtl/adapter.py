@@ -11,7 +11,7 @@ ConvNeXt: maps ``(B, C, H, W)``); the side network always reads and writes
 *tokens* ``(B, num_extra_tokens + H*W, C)``, which :meth:`tokens` and
 :meth:`stream` convert. The *grid* is the ``(H, W)`` of the current stage.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -27,6 +27,7 @@ class TrunkAdapter:
 
     def __init__(self, backbone: nn.Module):
         self.backbone = backbone
+        self._stage_ends_cache = None
 
     # -- structure -------------------------------------------------------------
     def blocks(self) -> List[nn.Module]:
@@ -99,16 +100,22 @@ class TrunkAdapter:
     # -- stages ----------------------------------------------------------------
     def stage_last_blocks(self) -> List[int]:
         """The global index of every stage's last block."""
-        stages = self.block_stages()
-        return [i for i in range(len(stages))
-                if i + 1 == len(stages) or stages[i + 1] != stages[i]]
+        return list(self._stage_ends())
 
     def stage_ending_at(self, index: int) -> Optional[int]:
-        """The stage whose last block is ``index``, else None."""
-        stages = self.block_stages()
-        if index + 1 == len(stages) or stages[index + 1] != stages[index]:
-            return stages[index]
-        return None
+        """The stage whose last block is ``index``, else None (called after
+        every block: a lookup)."""
+        return self._stage_ends().get(index)
+
+    def _stage_ends(self) -> Dict[int, int]:
+        """Last block index -> stage, worked out once: an mmpretrain trunk's
+        blocks and stages are fixed when the backbone is built."""
+        if self._stage_ends_cache is None:
+            stages = self.block_stages()
+            self._stage_ends_cache = {
+                i: stage for i, stage in enumerate(stages)
+                if i + 1 == len(stages) or stages[i + 1] != stage}
+        return self._stage_ends_cache
 
     # -- stream <-> tokens -----------------------------------------------------
     def tokens(self, x: torch.Tensor, grid: tuple) -> torch.Tensor:

@@ -62,9 +62,6 @@ class DTLBackbone:
         owner = type(self).__name__
         options.check(owner)
         self.dtl_options = options
-        self.freeze_backbone = options.freeze_backbone
-        self.checkpoint_suffix = options.checkpoint_suffix
-        self.recompute_prefix_taps = options.recompute_prefix_taps
         if options.freeze_backbone:
             self.requires_grad_(False)
         self.dtl_trunk = self.trunk_adapter(self)
@@ -82,6 +79,24 @@ class DTLBackbone:
         self.frozen_weights_dtype = store_frozen_weights(
             self, options.frozen_weights_dtype, owner,
             keep_fp32=self.dtl_trunk.weights_read_directly)
+
+    # The options read as before the options object (configs, hooks, tests).
+    @property
+    def freeze_backbone(self) -> bool:
+        return self.dtl_options.freeze_backbone
+
+    @property
+    def checkpoint_suffix(self) -> bool:
+        return self.dtl_options.checkpoint_suffix
+
+    @checkpoint_suffix.setter
+    def checkpoint_suffix(self, value: bool) -> None:
+        # Switchable on a built model (memory for compute, same results).
+        self.dtl_options.checkpoint_suffix = bool(value)
+
+    @property
+    def recompute_prefix_taps(self) -> bool:
+        return self.dtl_options.recompute_prefix_taps
 
     def csn_defaults(self) -> dict:
         """What this backbone fills into a side-network config: the dims and

@@ -122,13 +122,13 @@ class DTLRunner:
             running_sum, first = None, 0
         blocks = trunk.blocks()
         for index in range(first, len(blocks)):
-            if (bb.dtl_options.checkpoint_suffix and grad_enabled and x.requires_grad):
+            if bb.dtl_options.checkpoint_suffix and grad_enabled and x.requires_grad:
                 # Tap, block and add-back in one checkpoint: backward keeps only
                 # the block input and the running sum.
-                x, running_sum = cp.checkpoint(self.unit, index, x, running_sum, grid,
-                                               use_reentrant=False)
+                x, running_sum = cp.checkpoint(self.unit, index, blocks[index], x, running_sum,
+                                               grid, use_reentrant=False)
             else:
-                x, running_sum = self.unit(index, x, running_sum, grid)
+                x, running_sum = self.unit(index, blocks[index], x, running_sum, grid)
             x, grid = self._after_block(index, x, grid, outs)
         return tuple(outs)
 
@@ -138,14 +138,15 @@ class DTLRunner:
         outs.extend(new_outs)
         return x, grid
 
-    def unit(self, index: int, x: torch.Tensor, running_sum: Optional[torch.Tensor],
-             grid: tuple) -> Tuple[torch.Tensor, torch.Tensor]:
+    def unit(self, index: int, block: nn.Module, x: torch.Tensor,
+             running_sum: Optional[torch.Tensor], grid: tuple
+             ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Tap, block ``index`` and add-back: what ``checkpoint_suffix``
         recomputes in backward."""
         # Checkpointing recomputes the block during backward, outside forward.
         with packed_linears(self.backbone.frozen_linear_packs, x):
             running_sum = self.csn.tap(index, self.trunk.tokens(x, grid), running_sum)
-            x = self.trunk.call_block(index, self.trunk.blocks()[index], x, grid)
+            x = self.trunk.call_block(index, block, x, grid)
         return self.add_back(index, x, running_sum, grid), running_sum
 
     def add_back(self, index: int, x: torch.Tensor, running_sum: Optional[torch.Tensor],
