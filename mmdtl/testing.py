@@ -170,7 +170,7 @@ def reference_dtl_forward(parent, csn, blocks, images, num_extra_tokens=0):
         handles.append(parent.patch_embed.register_forward_hook(patch_grid))
     for index, block in enumerate(blocks):
         handles.append(block.register_forward_pre_hook(before(index)))
-        if index >= csn.start:
+        if index in csn.adds_back:
             handles.append(block.register_forward_hook(after(index)))
     try:
         return parent(images)

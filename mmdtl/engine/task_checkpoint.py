@@ -44,7 +44,7 @@ TASK_FILE_VERSION = 1
 _REQUIRED_KEYS = ('backbone_sha256', 'csn_cfg', 'csn_state', 'head_cfg', 'head_state')
 # CSN settings that change the computation without changing tensor shapes,
 # so a mismatch must be caught explicitly rather than by load_state_dict.
-_CSN_KEYS = ('rank', 'taps', 'start', 'beta', 'dwconv_kernel', 'stages')
+_CSN_KEYS = ('rank', 'taps', 'start', 'add_back_blocks', 'beta', 'dwconv_kernel', 'stages')
 
 __all__ = [
     'BackboneMismatchError', 'backbone_fingerprint', 'save_task_checkpoint',
@@ -147,7 +147,8 @@ def csn_config(csn: nn.Module) -> dict:
     """The config that rebuilds a :class:`CompactSideNetwork` with ``MODELS.build``."""
     return dict(type=type(csn).__name__, embed_dims=list(csn.embed_dims),
                 num_layers=csn.num_layers, rank=csn.rank, taps=list(csn.taps),
-                start=csn.start, beta=float(csn.beta), dwconv_kernel=csn.dwconv_kernel,
+                start=csn.start, add_back_blocks=list(csn.add_back_blocks),
+                beta=float(csn.beta), dwconv_kernel=csn.dwconv_kernel,
                 stages=list(csn.stages))
 
 

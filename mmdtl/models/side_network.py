@@ -30,12 +30,13 @@ class CompactSideNetwork(BaseModule):
 
         h = h + z_{i-1} @ A_i^T @ B_i^T      (A_i: rank x d, B_i: d x rank)
 
-    and after every block ``i >= start`` the backbone stream receives
-    ``g(swish_beta(h))``, where ``g`` is the identity (DTL) or a depthwise
-    ``k x k`` convolution over the patch-token grid (DTL+). Extra tokens
-    (e.g. the cls token) receive ``swish_beta(h)`` only. ``A_i`` is
-    Kaiming-uniform initialised and ``B_i`` zero initialised, so the side
-    network starts as an exact no-op.
+    and after every block ``i >= start`` (or only those of
+    ``add_back_blocks``) the backbone stream receives ``g(swish_beta(h))``,
+    where ``g`` is the identity (DTL) or a depthwise ``k x k`` convolution
+    over the patch-token grid (DTL+). Extra tokens (e.g. the cls token)
+    receive ``swish_beta(h)`` only. ``A_i`` is Kaiming-uniform initialised
+    and ``B_i`` zero initialised, so the side network starts as an exact
+    no-op.
 
     Blocks may be grouped into stages (Swin): the running sum restarts at the
     first block of every stage, because the token dimension changes there,
@@ -51,7 +52,14 @@ class CompactSideNetwork(BaseModule):
             of the stages that add back (all blocks of a ViT).
         start (int, optional): ``M``, the first block after which the side
             output is added back; it is added after every block ``>= M``.
-            Defaults to ``num_layers // 2``.
+            Defaults to ``num_layers // 2``, or to the first of
+            ``add_back_blocks``.
+        add_back_blocks (Sequence[int], optional): A sparse side network
+            (the journal version's dense-task design): add the side output
+            back after these blocks only, e.g. every third block
+            ``list(range(5, 12, 3))``; ``M`` is the first of them. Taps
+            in between keep feeding the running sum. Defaults to every
+            block from ``M`` on.
         beta (float): Slope of the Swish activation. Defaults to 100.
         dwconv_kernel (int): Kernel size of the depthwise convolution of
             DTL+ ('same' padding, so even sizes work as in the release);
@@ -71,6 +79,7 @@ class CompactSideNetwork(BaseModule):
                  rank: int = 2,
                  taps: Optional[Sequence[int]] = None,
                  start: Optional[int] = None,
+                 add_back_blocks: Optional[Sequence[int]] = None,
                  beta: float = 100.,
                  dwconv_kernel: int = 0,
                  stages: Optional[Sequence[int]] = None,
@@ -87,43 +96,62 @@ class CompactSideNetwork(BaseModule):
                              f'but the backbone has {num_layers} blocks')
         if not isinstance(rank, int) or rank < 1:
             raise ValueError(f'csn.rank must be an int >= 1, got {rank!r}')
+        if add_back_blocks is not None:
+            add_back_blocks = sorted(set(add_back_blocks))
+            if not add_back_blocks:
+                raise ValueError('csn.add_back_blocks must name at least one block '
+                                 '(or be None: every block from csn.start)')
+            bad = [i for i in add_back_blocks
+                   if not isinstance(i, int) or not 0 <= i < num_layers]
+            if bad:
+                raise ValueError(f'csn.add_back_blocks must be block indices in '
+                                 f'[0, {num_layers - 1}], got {bad}')
+            if start is not None and start != add_back_blocks[0]:
+                raise ValueError(f'csn.start={start} must be the first of csn.add_back_blocks '
+                                 f'{add_back_blocks}; leave csn.start out')
+            start = add_back_blocks[0]
         if start is None:
             start = num_layers // 2
         if not isinstance(start, int) or not 0 <= start < num_layers:
             raise ValueError(f'csn.start (M, the first add-back block) must be an int '
                              f'in [0, {num_layers - 1}], got {start!r}')
+        if add_back_blocks is None:
+            add_back_blocks = list(range(start, num_layers))
         if not isinstance(dwconv_kernel, int) or dwconv_kernel < 0:
             raise ValueError(f'csn.dwconv_kernel must be 0 (DTL) or a kernel size >= 1 '
                              f'(DTL+), got {dwconv_kernel!r}')
         stages = [0] * num_layers if stages is None else list(stages)
         if len(stages) != num_layers or any(b < a for a, b in zip(stages, stages[1:])):
             raise ValueError('csn: stages must give a non-decreasing stage index per block')
-        last_of_stage = {stage: i for i, stage in enumerate(stages)}
-        if taps is None:  # every block of the stages that add back
-            taps = [i for i in range(num_layers) if last_of_stage[stages[i]] >= start]
+        # The running sum restarts at every stage: a tap counts only if a later
+        # (or its own) block of the same stage adds back.
+        last_add_back = {stages[i]: i for i in add_back_blocks}
+        if taps is None:  # every block of the stages that add back, up to the last add-back
+            taps = [i for i in range(num_layers) if i <= last_add_back.get(stages[i], -1)]
         taps = sorted(set(taps))
         if not taps:
             raise ValueError('csn.taps must name at least one block')
         bad = [t for t in taps if not isinstance(t, int) or not 0 <= t < num_layers]
         if bad:
             raise ValueError(f'csn.taps must be block indices in [0, {num_layers - 1}], got {bad}')
-        # The sum restarts at every stage: a tap whose stage ends before M never matters.
-        dead = [t for t in taps if last_of_stage[stages[t]] < start]
+        dead = [t for t in taps if t > last_add_back.get(stages[t], -1)]
         if dead:
-            raise ValueError(f'csn.taps {dead} feed the running sum of a stage that ends before '
-                             f'the first add-back block (start={start}), so they would never '
-                             f'be used')
-        for i in range(start, num_layers):
+            raise ValueError(f'csn.taps {dead} feed the running sum after the last block of '
+                             f'their stage that adds back (add-back blocks {add_back_blocks}), '
+                             f'so they would never be used')
+        for i in add_back_blocks:
             if not any(t <= i and stages[t] == stages[i] for t in taps):
-                raise ValueError(f'csn: block {i} adds back (start={start}) but no tap '
-                                 f'feeds the running sum of its stage before it; '
-                                 f'taps={taps}')
+                raise ValueError(f'csn: block {i} adds back (add-back blocks '
+                                 f'{add_back_blocks}) but no tap feeds the running sum of its '
+                                 f'stage before it; taps={taps}')
 
         self.embed_dims = embed_dims
         self.num_layers = num_layers
         self.rank = rank
         self.taps = taps
         self.start = start
+        self.add_back_blocks = add_back_blocks
+        self._adds_back_at = frozenset(add_back_blocks)
         self.beta = float(beta)
         self.dwconv_kernel = dwconv_kernel
         self.stages = stages
@@ -136,7 +164,7 @@ class CompactSideNetwork(BaseModule):
         # One depthwise conv per stage that adds back, shared by its blocks.
         self.dwconvs = nn.ModuleDict()
         if dwconv_kernel > 0:
-            for stage in sorted({stages[i] for i in range(start, num_layers)}):
+            for stage in sorted({stages[i] for i in add_back_blocks}):
                 dim = embed_dims[stages.index(stage)]
                 # 'same' padding as the release: even kernels pad one more
                 # on the bottom/right (the released ViT recipes use k=4).
@@ -164,7 +192,11 @@ class CompactSideNetwork(BaseModule):
     @property
     def adds_back(self) -> List[int]:
         """Indices of the blocks after which the side output is added."""
-        return list(range(self.start, self.num_layers))
+        return list(self.add_back_blocks)
+
+    def adds_back_after(self, index: int) -> bool:
+        """Whether the side output is added to the output of block ``index``."""
+        return index in self._adds_back_at
 
     def tap(self, index: int, tokens: torch.Tensor,
             running_sum: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -253,8 +285,9 @@ class CompactSideNetwork(BaseModule):
                  running_sum: Optional[torch.Tensor], grid: Tuple[int, int],
                  num_extra_tokens: int = 0) -> torch.Tensor:
         """Add the side output to the output ``tokens`` of block ``index``
-        when ``index >= start``; otherwise return ``tokens`` unchanged."""
-        if index < self.start:
+        when it adds back (see ``add_back_blocks``); otherwise return
+        ``tokens`` unchanged."""
+        if not self.adds_back_after(index):
             return tokens
         if self.recompute_side_output and running_sum.requires_grad:
             side = cp.checkpoint(self.side_output, index, running_sum, grid,
@@ -264,8 +297,10 @@ class CompactSideNetwork(BaseModule):
         return tokens + side
 
     def extra_repr(self) -> str:
+        sparse = (self.add_back_blocks != list(range(self.start, self.num_layers)))
         return (f'rank={self.rank}, taps={self.taps}, start={self.start}, '
-                f'beta={self.beta}, dwconv_kernel={self.dwconv_kernel}')
+                + (f'add_back_blocks={self.add_back_blocks}, ' if sparse else '')
+                + f'beta={self.beta}, dwconv_kernel={self.dwconv_kernel}')
 
 
 def low_rank(tokens: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

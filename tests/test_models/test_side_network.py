@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import mmdtl  # noqa: F401
 from mmdtl.models import CompactSideNetwork
+from mmdtl.models.side_network import swish
 
 
 def test_down_projections_are_drawn_in_block_order():
@@ -96,6 +97,42 @@ def test_recomputed_prefix_taps_equal_stored_taps():
     for name, param in csn.named_parameters():
         if name in grads:
             torch.testing.assert_close(grads[name], param.grad, rtol=0, atol=0, msg=name)
+
+
+def test_sparse_add_back_adds_only_at_the_named_blocks():
+    """add_back_blocks: the side output is added after those blocks only; M
+    is the first of them; taps between them keep accumulating."""
+    torch.manual_seed(0)
+    csn = CompactSideNetwork(embed_dims=4, num_layers=6, rank=2, taps=[0, 2, 4],
+                             add_back_blocks=[5, 3])
+    assert csn.start == 3 and csn.adds_back == [3, 5] and csn.taps == [0, 2, 4]
+    for up in csn.up_projs.values():
+        nn.init.normal_(up)
+    z = torch.randn(2, 9, 4)
+    h = csn.tap(0, z, None)
+    for index in (1, 2, 4):
+        assert torch.equal(csn.add_back(index, z, h, (3, 3)), z), index
+    for index in (3, 5):
+        torch.testing.assert_close(csn.add_back(index, z, h, (3, 3)), z + swish(h, csn.beta))
+    # The same with start given and consistent.
+    same = CompactSideNetwork(embed_dims=4, num_layers=6, taps=[0, 2, 4], start=3,
+                              add_back_blocks=[3, 5])
+    assert same.adds_back == [3, 5]
+    # Dense by default: every block from M adds back.
+    assert CompactSideNetwork(embed_dims=4, num_layers=6, start=4).adds_back == [4, 5]
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(add_back_blocks=[]), 'csn.add_back_blocks must name at least one block'),
+    (dict(add_back_blocks=[1, 6]), r'csn.add_back_blocks .* \[0, 5\].* \[6\]'),
+    (dict(add_back_blocks=[3, 5], start=2), r'csn.start=2 .* first of csn.add_back_blocks'),
+    # Block 5's tap comes after the last add-back: it would never be used.
+    (dict(add_back_blocks=[3], taps=[0, 5]), r'csn.taps \[5\] .* never be used'),
+    (dict(add_back_blocks=[1, 4], taps=[2, 3]), r'block 1 adds back .* no tap'),
+])
+def test_bad_sparse_options_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CompactSideNetwork(embed_dims=4, num_layers=6, **kwargs)
 
 
 @pytest.mark.parametrize('kwargs,match', [

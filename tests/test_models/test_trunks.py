@@ -46,6 +46,16 @@ TRUNKS = {
 PREFIX_MODES = {'plain': {}, 'cached': dict(prefix_cache=dict(storage='memory')),
                 'recomputed': dict(recompute_prefix_taps=True)}
 SUFFIX_MODES = {'plain': {}, 'checkpointed': dict(checkpoint_suffix=True)}
+# A sparse side network per trunk: a subset of blocks taps, another adds back
+# (Swin and ConvNeXt: blocks of two stages).
+SPARSE = {
+    'vit': dict(taps=[0, 2], add_back_blocks=[1, 3]),
+    'swin': dict(taps=[2], add_back_blocks=[3]),
+    'deit3': dict(taps=[0, 2], add_back_blocks=[1, 3]),
+    'beit': dict(taps=[1, 3], add_back_blocks=[1, 3]),
+    'eva02': dict(taps=[0, 2], add_back_blocks=[1, 3]),
+    'convnext': dict(taps=[2, 4], add_back_blocks=[3, 5]),
+}
 
 
 def randomise(model):
@@ -56,8 +66,10 @@ def randomise(model):
             torch.nn.init.normal_(param, std=0.3)
 
 
-def build(trunk, **options):
+def build(trunk, sparse=False, **options):
     dtl_type, _, cfg, csn, _ = TRUNKS[trunk]
+    if sparse:
+        csn = {**{k: v for k, v in csn.items() if k != 'start'}, **SPARSE[trunk]}
     torch.manual_seed(0)
     model = MODELS.build(dict(type=dtl_type, **{**cfg, **options},
                               csn=dict(type='CompactSideNetwork', **csn)))
@@ -96,9 +108,9 @@ def plain_result(trunk, autocast):
 
 
 @functools.lru_cache(maxsize=None)
-def reference_result(trunk):
+def reference_result(trunk, sparse=False):
     """Outputs and CSN gradients of the paper's equations on the parent (fp32)."""
-    dtl = build(trunk).train()
+    dtl = build(trunk, sparse).train()
     parent = parent_of(trunk, dtl)
     parent.train()
     outs = reference_dtl_forward(parent, dtl.csn, type(dtl).trunk_adapter(parent).blocks(),
@@ -171,6 +183,28 @@ def test_every_mode_is_bit_identical_to_the_plain_runner(trunk, prefix, suffix, 
                                            atol=1e-6, msg=name)
     if prefix == 'cached':
         assert model.prefix_cache.hits > 0
+
+
+@pytest.mark.parametrize('mode', ['plain', 'recomputed', 'checkpointed'])
+@pytest.mark.parametrize('trunk', list(TRUNKS))
+def test_sparse_side_network_is_the_paper_on_the_parent(trunk, mode):
+    """Taps and add-backs at a subset of blocks: every prefix/suffix mode
+    computes the equations on the parent, with only those taps and
+    add-backs, and differs from the dense side network."""
+    options = {'plain': {}, 'recomputed': PREFIX_MODES['recomputed'],
+               'checkpointed': SUFFIX_MODES['checkpointed']}[mode]
+    model = build(trunk, sparse=True, **options).train()
+    assert model.csn.adds_back == SPARSE[trunk]['add_back_blocks']
+    assert model.csn.start == SPARSE[trunk]['add_back_blocks'][0]
+    outs, grads = step(model, images_of(trunk))
+    expected_outs, expected_grads = reference_result(trunk, sparse=True)
+    assert sorted(grads) == sorted(expected_grads)
+    for out, expected, dense in zip(outs, expected_outs, plain_result(trunk, False)[0]):
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(out, dense)
+    for name, grad in grads.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize('trunk', list(TRUNKS))
@@ -282,11 +316,12 @@ def test_multitask_equals_each_task_model(trunk, tmp_path):
     dims = trunk_model.dtl_trunk.block_dims()[-1]
     models, files = {}, {}
     num_layers = len(trunk_model.dtl_trunk.blocks())
-    for name, start in (('early', csn['start']), ('late', num_layers - 1)):
+    sparse = {**{k: v for k, v in csn.items() if k != 'start'}, **SPARSE[trunk]}
+    for name, task_csn in (('early', csn), ('late', {**csn, 'start': num_layers - 1}),
+                           ('sparse', sparse)):
         model = MODELS.build(dict(
             type='ImageClassifier', **HEADS.get(trunk, {}),
-            backbone=dict(type=dtl_type, **cfg,
-                          csn=dict(type='CompactSideNetwork', **{**csn, 'start': start})),
+            backbone=dict(type=dtl_type, **cfg, csn=dict(type='CompactSideNetwork', **task_csn)),
             head=dict(type='LinearClsHead', num_classes=3, in_channels=dims)))
         model.backbone.load_state_dict(trunk_model.state_dict(), strict=False)
         for up in model.backbone.csn.up_projs.values():

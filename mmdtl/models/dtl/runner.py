@@ -151,8 +151,9 @@ class DTLRunner:
 
     def add_back(self, index: int, x: torch.Tensor, running_sum: Optional[torch.Tensor],
                  grid: tuple) -> torch.Tensor:
-        """The stream after block ``index`` plus the side output (``index >= M``)."""
-        if index < self.csn.start:
+        """The stream after block ``index`` plus the side output where the
+        side network adds back (every block from ``M``, or its sparse set)."""
+        if not self.csn.adds_back_after(index):
             return x
         return self.add_side(self.csn, index, x, running_sum, grid)
 
