@@ -2,7 +2,9 @@
 # Idempotent set-up of .venv for mmdtl (CPU machine or GPU machine).
 #
 # - torch 2.13.0 (registry CUDA build; it runs on CPU too, and torchvision's
-#   binary needs it), torchvision 0.28.0, mmengine, mmpretrain, mmdet;
+#   binary needs it), torchvision 0.28.0, mmengine, mmpretrain, mmdet,
+#   mmsegmentation (with ftfy and regex, which `import mmseg.models` needs but
+#   its wheel does not require);
 # - mmcv 2.1.0 with compiled ops, built once into a wheel cache keyed by the
 #   torch version and the kind of ops (cpu, or cuda where torch sees a GPU or
 #   FORCE_CUDA=1; MMDTL_WHEEL_CACHE, default ~/.cache/mmdtl/wheels) so a
@@ -29,7 +31,7 @@ $PIP install -q "setuptools<82" wheel
 $PIP install -q "setuptools<82" "torch==$TORCH_VERSION,!=$TORCH_VERSION+cpu" "torchvision==$TORCHVISION_VERSION"
 # setuptools is pinned in every call: some dependencies would upgrade it.
 $PIP install -q "setuptools<82" "mmengine==0.10.7" "mmpretrain==1.2.0" "mmdet==3.3.0" \
-    pytest ruff scikit-learn
+    "mmsegmentation==1.2.2" ftfy regex pytest ruff scikit-learn
 
 # mmcv's setup.py compiles CUDA ops when torch sees a GPU or FORCE_CUDA=1.
 OPS_KIND=$($VENV/bin/python -c "import os, torch; print('cuda' if torch.cuda.is_available() or os.environ.get('FORCE_CUDA') == '1' else 'cpu')")
@@ -46,6 +48,6 @@ if ! $VENV/bin/python -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MM
     $PIP install -q "setuptools<82" addict packaging Pillow pyyaml regex yapf opencv-python
 fi
 $PIP install -q --no-deps -e .
-$VENV/bin/python -c "import mmcv.ops, mmpretrain, mmdet, mmdtl" 
+$VENV/bin/python -c "import mmcv.ops, mmpretrain, mmdet, mmdtl, mmseg.models, mmseg.datasets, mmseg.evaluation"
 touch "$STAMP"
 echo "[install] ready: $VENV"
