@@ -11,14 +11,28 @@ Examples::
     python tools/check_data.py few-shot --data-root data/fgfs --shots 1 16
     python tools/check_data.py domain-generalization --data-root data/dg --workers 16
     python tools/check_data.py vtab --data-root data/vtab-1k --names cifar dtd --no-verify
+    python tools/check_data.py dense-scenes --data-root data/dense-scenes --names train
+
+``dense-scenes`` (the folder of ``tools/misc/make_dense_scenes.py``) checks the
+COCO files against their images (sizes, boxes = tight boxes of the masks,
+areas, categories), the label maps (size, values in [0, 21) or 255), that each
+label map is the union of its image's instance masks, and the annotation files
+against the sha256s in ``meta.json``.
 """
 import argparse
+import json
+import os
 import os.path as osp
 import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Tuple
 
+from mmdtl.datasets.dense_scenes import (
+    DENSE_SCENES_SPLITS,
+    check_dense_scenes,
+    regenerate_hint,
+)
 from mmdtl.datasets.domain_generalization import (
     DG_SUBSET_TARGETS,
     DG_TARGETS,
@@ -35,7 +49,7 @@ from mmdtl.datasets.few_shot import (
 )
 from mmdtl.datasets.vtab import VTAB1K_ALIASES, VTAB1K_SPLITS, VTAB1K_TASKS, read_split_file
 
-SUITES = ('vtab', 'few-shot', 'domain-generalization')
+SUITES = ('vtab', 'few-shot', 'domain-generalization', 'dense-scenes')
 # run_suite.py's suite names work here too.
 SUITE_ALIASES = {
     'vtab-vit-dtl': 'vtab', 'vtab-vit-dtl+': 'vtab', 'vtab-swin-dtl': 'vtab',
@@ -60,6 +74,8 @@ class Checker:
         self.problems: List[str] = []
         # image path -> (split file, line) of its first listing
         self.images: Dict[str, Tuple[str, int]] = {}
+        # images checked (and decoded) by a suite's own check instead
+        self.checked_elsewhere = 0
 
     def problem(self, msg: str) -> None:
         self.problems.append(msg)
@@ -206,6 +222,39 @@ def check_dg(checker: Checker, root: str, names: Optional[List[str]], shots: Lis
                                      1000)
 
 
+def check_dense(checker: Checker, root: str, names: Optional[List[str]]) -> None:
+    splits = names or list(DENSE_SCENES_SPLITS)
+    unknown = [s for s in splits if s not in DENSE_SCENES_SPLITS]
+    if unknown:
+        checker.problem(f'dense-scenes: unknown split(s) {", ".join(unknown)}; the splits are '
+                        f'{", ".join(DENSE_SCENES_SPLITS)}.')
+        splits = [s for s in splits if s in DENSE_SCENES_SPLITS]
+    print(f'Dense scenes {", ".join(splits)}:')
+    problems = check_dense_scenes(root, splits)
+    for split in splits:
+        ann_file = osp.join(root, 'annotations', f'instances_{split}.json')
+        img_dir = osp.join(root, 'img_dir', split)
+        if osp.isdir(img_dir):
+            num = sum(name.endswith('.png') for name in os.listdir(img_dir))
+            checker.checked_elsewhere += num
+            print(f'  img_dir/{split}: {num} images' + (
+                f', {osp.relpath(ann_file, root)}: {_count_annotations(ann_file)} objects'
+                if osp.isfile(ann_file) else ''))
+    for msg in problems:
+        checker.problem(msg)
+    if problems:
+        # The fix is the same for all of them.
+        print(f'  {regenerate_hint(root)}')
+
+
+def _count_annotations(ann_file: str) -> str:
+    try:
+        with open(ann_file, encoding='utf-8') as f:
+            return str(len(json.load(f)['annotations']))
+    except (OSError, ValueError, KeyError, TypeError):
+        return '?'
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Check a dataset root: split files, labels and images.')
@@ -213,7 +262,7 @@ def parse_args(argv=None):
                         help='which protocol\'s data to check')
     parser.add_argument('--data-root', required=True, help='the dataset root of the suite')
     parser.add_argument('--names', nargs='+',
-                        help='only these tasks / datasets (default: all of the suite)')
+                        help='only these tasks / datasets / splits (default: all of the suite)')
     parser.add_argument('--shots', nargs='+', type=int,
                         help='few-shot train lists to check (default: 1 2 4 8 16 for few-shot, '
                         '16 for domain-generalization)')
@@ -237,6 +286,8 @@ def main(argv=None) -> int:
     elif suite == 'few-shot':
         check_few_shot(checker, args.data_root, args.names, args.shots or list(FEW_SHOT_SHOTS),
                        args.seeds)
+    elif suite == 'dense-scenes':
+        check_dense(checker, args.data_root, args.names)
     else:
         check_dg(checker, args.data_root, args.names, args.shots or [16], args.seeds)
     checker.verify_images()
@@ -245,7 +296,8 @@ def main(argv=None) -> int:
         for msg in checker.problems:
             print(f'  {msg}')
         return 1
-    print(f'\n{args.data_root}: no problems ({len(checker.images)} images listed).')
+    print(f'\n{args.data_root}: no problems '
+          f'({len(checker.images) + checker.checked_elsewhere} images listed).')
     return 0
 
 
