@@ -1,4 +1,4 @@
-from . import necks  # noqa: F401  (SimpleFPN, registered when mmdet is installed)
+from . import heads, necks  # noqa: F401  (mmdet heads and SimpleFPN, if mmdet is installed)
 from .backbones import *  # noqa: F401,F403
 from .frozen_linear import FrozenLinearPacks, packing_available
 from .multitask import MultiTaskDTL, MultiTaskInferencer
