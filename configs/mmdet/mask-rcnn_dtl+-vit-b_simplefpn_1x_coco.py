@@ -6,6 +6,16 @@
 # normed mask head).
 # Only the Compact Side Network, the pyramid and the heads train.
 #
+# Memory: with a frozen trunk, most of what a step keeps for backward belongs
+# to what trains: the pyramid's stride-4/8 maps, the RPN convs over them and
+# the 4-conv box head over 512 RoIs per image. The pyramid levels and the
+# RPN/box/mask heads therefore run under activation checkpointing (with_cp,
+# mmdtl's Checkpoint*Head = mmdet's heads plus with_cp), and so do the frozen
+# blocks after M (checkpoint_suffix): same outputs and gradients, one more
+# forward of those parts per step. tools/analysis/detection_memory.py
+# measures it (docs/detection.md); with_cp=False / checkpoint_suffix=False
+# give the plain step.
+#
 # CSN: the released ViT-B recipe (rank 2, taps before every block, add back
 # after blocks 6-11, 3x3 DWConv over the patch grid; csn.dwconv_kernel=0 gives
 # plain DTL).
@@ -39,6 +49,7 @@ model = dict(
         # pyramid reads; ViTDet drops it as it fine-tunes the whole ViT.
         final_norm=True,
         freeze_backbone=True,  # False = full fine-tuning (+ CSN) for comparison
+        checkpoint_suffix=True,  # recompute blocks 7-11 in backward (tap + block + add-back)
         csn=dict(
             type='mmpretrain.CompactSideNetwork',  # mmdet scope: name the registry
             rank=2,
@@ -54,12 +65,16 @@ model = dict(
         in_channels=[192, 384, 768, 768],
         out_channels=256,
         num_outs=5,
-        norm_cfg=norm_cfg),
-    rpn_head=dict(num_convs=2),
+        norm_cfg=norm_cfg,
+        with_cp=True),  # checkpoint every pyramid level
+    rpn_head=dict(type='CheckpointRPNHead', num_convs=2, with_cp=True),
     roi_head=dict(
         bbox_head=dict(
-            type='Shared4Conv1FCBBoxHead', conv_out_channels=256, norm_cfg=norm_cfg),
-        mask_head=dict(norm_cfg=norm_cfg)))
+            type='CheckpointShared4Conv1FCBBoxHead',  # Shared4Conv1FCBBoxHead + with_cp
+            conv_out_channels=256,
+            norm_cfg=norm_cfg,
+            with_cp=True),
+        mask_head=dict(type='CheckpointFCNMaskHead', norm_cfg=norm_cfg, with_cp=True)))
 
 max_epochs = 12
 train_cfg = dict(max_epochs=max_epochs)

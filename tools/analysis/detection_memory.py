@@ -5,7 +5,17 @@ as configured (DTL: frozen trunk, side network + neck + heads trainable) and
 with ``model.backbone.freeze_backbone=False`` (the whole backbone trainable,
 side network included). The side network starts as an exact no-op, so both
 see identical features, proposals and sampled RoIs; the two runs differ only
-in what autograd keeps. For each it reports
+in what autograd keeps.
+
+Memory options: the neck and heads run as configured in both modes (e.g.
+``with_cp=True`` of SimpleFPN and mmdtl's ``Checkpoint*Head``), so they save
+the same in both. The backbone options that serve a frozen trunk
+(:data:`FROZEN_TRUNK_OPTIONS`: ``checkpoint_suffix``,
+``recompute_prefix_taps``, ...) run on the DTL side only: full fine-tuning
+gets the plain backbone (``checkpoint_suffix`` there would checkpoint every
+block, another method; the others need a frozen trunk). The table lists, per
+mode, the backbone options and the neck/head options that ran, read from the
+built detector. For each mode it reports
 
 - trainable parameters, of the backbone and of the whole detector;
 - activation bytes: the tensors saved for backward during one real training
@@ -13,6 +23,8 @@ in what autograd keeps. For each it reports
   boxes and masks, storage-deduplicated, parameters excluded (as
   :func:`mmdtl.utils.saved_activation_bytes`), in all and while the
   backbone runs (the rest, neck and heads, is the same in both modes);
+- the wall time of that step (forward and backward, one step: a rough
+  figure of the recompute cost of checkpointing, not a benchmark);
 
 and writes ``detection_memory.md`` and ``detection_memory.csv`` under
 ``--work-dir``. Weights are random (``init_cfg`` of the backbone is dropped,
@@ -40,12 +52,16 @@ from mmengine.config import Config, DictAction
 from mmengine.logging import MMLogger
 from mmengine.registry import DefaultScope, init_default_scope
 
-from mmdtl.utils import SavedTensorMeter
+from mmdtl.utils import SavedTensorMeter, synchronize
 
-COLUMNS = ['config', 'mode', 'trainable_backbone', 'trainable_total', 'total_params',
-           'backbone_activation_mb', 'activation_mb', 'backbone_activation_vs_full',
-           'activation_vs_full', 'trainable_vs_full']
+COLUMNS = ['config', 'mode', 'backbone_options', 'neck_head_options', 'trainable_backbone',
+           'trainable_total', 'total_params', 'backbone_activation_mb', 'activation_mb',
+           'backbone_activation_vs_full', 'activation_vs_full', 'trainable_vs_full', 'step_s']
 MODES = ('dtl', 'full')
+#: DTL backbone options that serve a frozen trunk; the full fine-tuning side
+#: runs without them (see the module docstring).
+FROZEN_TRUNK_OPTIONS = ('checkpoint_suffix', 'recompute_prefix_taps', 'prefix_cache',
+                        'frozen_weights_dtype', 'pack_frozen_weights')
 
 
 def parse_args(argv=None):
@@ -179,15 +195,45 @@ class RegionMeter(SavedTensorMeter):
 def build_detector(cfg: Config, mode: str, seed: int, device: torch.device):
     from mmdet.registry import MODELS
 
+    from mmdtl.models.dtl import DTLOptions
+
     model_cfg = copy.deepcopy(cfg.model)
     # No checkpoint needed: what is saved depends on shapes, not on values.
     model_cfg.backbone.init_cfg = None
     if mode == 'full':
         model_cfg.backbone.freeze_backbone = False
+        defaults = DTLOptions()
+        for name in FROZEN_TRUNK_OPTIONS:  # plain full fine-tuning; neck/heads untouched
+            if name in model_cfg.backbone:
+                model_cfg.backbone[name] = getattr(defaults, name)
     torch.manual_seed(seed)
     model = MODELS.build(model_cfg)
     model.init_weights()
     return model.to(device).train()
+
+
+def backbone_options(backbone: torch.nn.Module) -> str:
+    """The reported DTL options of a built backbone, e.g.
+    ``'freeze_backbone=True checkpoint_suffix=True'``."""
+    options = getattr(backbone, 'dtl_options', None)
+    if options is None:
+        return type(backbone).__name__
+    shown = ['freeze_backbone'] + [n for n in FROZEN_TRUNK_OPTIONS
+                                   if getattr(options, n) not in (None, False)]
+    return ' '.join(f'{n}={getattr(options, n)}' for n in shown)
+
+
+def neck_head_options(model: torch.nn.Module) -> str:
+    """The modules outside the backbone that run with activation
+    checkpointing (``with_cp=True``), e.g. ``'with_cp: neck, rpn_head'``."""
+    names = []
+    for name, module in model.named_modules():
+        if not name or name == 'backbone' or name.startswith('backbone.'):
+            continue
+        if getattr(module, 'with_cp', False) is True and not any(
+                name.startswith(n + '.') for n in names):
+            names.append(name)
+    return 'with_cp: ' + ', '.join(names) if names else 'none'
 
 
 def measure(cfg: Config, mode: str, args) -> dict:
@@ -201,23 +247,35 @@ def measure(cfg: Config, mode: str, args) -> dict:
 
     meter = RegionMeter(model.parameters(), model.backbone)
     torch.manual_seed(args.seed)  # same drop path and RoI sampling in both modes
+    synchronize(device)
+    tic = time.perf_counter()
     with meter:
         loss, _ = model.parse_losses(model(**data, mode='loss'))
     meter.remove()
     loss.backward()  # frees the graph
+    synchronize(device)
+    step_s = time.perf_counter() - tic
     row = dict(
         mode=mode,
+        backbone_options=backbone_options(model.backbone),
+        neck_head_options=neck_head_options(model),
         trainable_backbone=sum(p.numel() for p in model.backbone.parameters()
                                if p.requires_grad),
         trainable_total=sum(p.numel() for p in model.parameters() if p.requires_grad),
         total_params=sum(p.numel() for p in model.parameters()),
         backbone_activation_mb=sum(meter.inside.values()) / 2**20,
-        activation_mb=meter.bytes / 2**20)
+        activation_mb=meter.bytes / 2**20,
+        step_s=step_s)
     return row
 
 
 def add_ratios(rows: List[dict]) -> None:
     full = {r['config']: r for r in rows if r['mode'] == 'full'}
+    for row in rows:  # a fair comparison: the same neck and heads on both sides
+        if row['neck_head_options'] != full[row['config']]['neck_head_options']:
+            raise RuntimeError(
+                f'{row["config"]}: the neck/head options differ between the modes '
+                f'({row["neck_head_options"]!r} vs {full[row["config"]]["neck_head_options"]!r})')
     for row in rows:
         ref = full[row['config']]
         row['backbone_activation_vs_full'] = (
@@ -244,9 +302,15 @@ def write_outputs(args, rows: Sequence[dict]) -> dict:
         f'# Detection: DTL vs full fine-tuning ({size} px, batch {args.batch_size}, '
         f'{args.num_objects} objects/image, {args.device})', '',
         'activation_mb: tensors saved for backward in one training step '
-        '(parameters excluded); `full` = `model.backbone.freeze_backbone=False`.', '',
-        '| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)
+        '(parameters excluded); `full` = `model.backbone.freeze_backbone=False` without the '
+        f'frozen-trunk options ({", ".join(FROZEN_TRUNK_OPTIONS)}); neck and heads as '
+        'configured in both modes. step_s: that one step, forward + backward.', ''
     ]
+    for row in rows:
+        if row['mode'] == 'full':
+            lines.append(f'- {row["config"]}: neck/head memory options (both modes): '
+                         f'{row["neck_head_options"]}')
+    lines += ['', '| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
     lines += ['| ' + ' | '.join(fmt(r[c]) for c in COLUMNS) + ' |' for r in rows]
     md = work_dir / 'detection_memory.md'
     md.write_text('\n'.join(lines) + '\n')
@@ -263,6 +327,7 @@ def main(argv=None) -> List[dict]:
     import mmdet.models  # noqa: F401  (registers mmdet's modules)
 
     import mmdtl  # noqa: F401  (DTL backbones, SimpleFPN)
+    from mmdtl.utils.config_checks import check_backbone_reaches_neck
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     # The (long) per-parameter init report goes to this log file, not the terminal.
     MMLogger.get_instance(
@@ -271,6 +336,10 @@ def main(argv=None) -> List[dict]:
     rows = []
     for path in args.configs:
         cfg = load_config(path, args.cfg_options)
+        try:  # a clear error before the step when out_indices do not reach the neck
+            check_backbone_reaches_neck(cfg)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
         scope = cfg.get('default_scope', 'mmdet')
         init_default_scope(scope)
         name = osp.splitext(osp.basename(path))[0]
@@ -284,7 +353,8 @@ def main(argv=None) -> List[dict]:
             rows.append(row)
             print(f'{name} [{mode}]: trainable {row["trainable_total"]:,} '
                   f'(backbone {row["trainable_backbone"]:,}), activations '
-                  f'{row["activation_mb"]:.1f} MB ({time.perf_counter() - tic:.0f} s)',
+                  f'{row["activation_mb"]:.1f} MB; backbone: {row["backbone_options"]}; '
+                  f'neck/heads: {row["neck_head_options"]} ({time.perf_counter() - tic:.0f} s)',
                   flush=True)
     add_ratios(rows)
     paths = write_outputs(args, rows)
