@@ -400,4 +400,5 @@ def test_detection_memory_tool(name, tmp_path):
     table = (tmp_path / 'detection_memory.md').read_text()
     assert f'| {name} | dtl |' in table and '64x96 px' in table
     lines = (tmp_path / 'detection_memory.csv').read_text().splitlines()
-    assert lines[0].startswith('config,mode,trainable_backbone') and len(lines) == 3
+    assert lines[0].startswith('config,mode,backbone_options,neck_head_options,trainable_backbone')
+    assert len(lines) == 3
