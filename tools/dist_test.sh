@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Distributed evaluation with torchrun.
+# Distributed evaluation with torchrun (any config: mmpretrain, mmdet or mmseg).
 #   bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py args]
 # Multi-node: NNODES, NODE_RANK, MASTER_ADDR and PORT (defaults 1, 0,
 # 127.0.0.1, 29500). Without CUDA, tools/test.py runs with gloo on CPU.

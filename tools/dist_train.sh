@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Distributed training with torchrun.
+# Distributed training with torchrun (any config: mmpretrain, mmdet or mmseg).
 #   bash tools/dist_train.sh CONFIG GPUS [train.py args]
 # Multi-node: NNODES, NODE_RANK, MASTER_ADDR and PORT (defaults 1, 0,
 # 127.0.0.1, 29500). Without CUDA, tools/train.py trains with gloo on CPU
-# (GPUS processes). A config with global_batch_size keeps that global batch
+# (GPUS processes; SyncBN layers become per-process BN). A config with global_batch_size keeps that global batch
 # (global_batch_size / GPUS per process, an error when it does not divide);
 # --auto-scale-lr keeps the per-process batch and scales the learning rate.
 set -e

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Evaluation on a Slurm cluster: one srun job step of GPUS tasks (one per GPU).
+# Evaluation on a Slurm cluster: one srun job step of GPUS tasks (one per GPU),
+# for any config (mmpretrain, mmdet or mmseg).
 #   [GPUS=8] [GPUS_PER_NODE=min(GPUS,8)] [CPUS_PER_TASK=5] [SRUN_ARGS=...] \
 #   bash tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [test.py args]
 set -x

@@ -1,8 +1,10 @@
-"""Evaluate a checkpoint on a config's test set (mmpretrain or mmdet scope).
+"""Evaluate a checkpoint on a config's test set (mmpretrain, mmdet or mmseg scope).
 
 Examples::
 
     python tools/test.py configs/dtl/vit-demo_digits.py work_dirs/vit-demo_digits/epoch_15.pth
+    python tools/test.py configs/mmseg/upernet_dtl+-swin-b-p4-w7_8xb2-160k_ade20k-512x512.py \
+        work_dirs/upernet_dtl+-swin-b-p4-w7_8xb2-160k_ade20k-512x512/iter_160000.pth
     python tools/test.py CONFIG CKPT --out results.pkl --show-dir vis
     bash tools/dist_test.sh CONFIG CKPT 8 [ARGS]          # torchrun
 """
@@ -66,9 +68,11 @@ def parse_args():
 def enable_visualization(cfg, show_dir: str, config_path: str) -> None:
     """Turn on the config's visualization hook, whichever codebase it is from.
 
-    mmpretrain's ``VisualizationHook`` takes ``enable``/``out_dir`` and
-    mmdet's ``DetVisualizationHook`` takes ``draw``/``test_out_dir``; the
-    hook's signature decides.
+    mmpretrain's ``VisualizationHook`` takes ``enable``/``out_dir``,
+    mmdet's ``DetVisualizationHook`` takes ``draw``/``test_out_dir`` and
+    mmseg's ``SegVisualizationHook`` takes ``draw`` only and saves through the
+    visualizer (into ``show_dir/vis_data/vis_image/``); the hook's signature
+    decides.
     """
     vis = cfg.get('default_hooks', {}).get('visualization')
     if vis is None:
@@ -82,6 +86,10 @@ def enable_visualization(cfg, show_dir: str, config_path: str) -> None:
         vis.update(draw=True, test_out_dir=show_dir)
     elif 'out_dir' in params:
         vis.update(enable=True, out_dir=show_dir)
+    elif 'draw' in params:
+        # every test image (the hook draws every `interval`-th batch)
+        vis.update(draw=True, interval=1)
+        cfg.visualizer['save_dir'] = show_dir
     else:
         raise SystemExit(f'--show-dir: cannot tell how to enable {vis["type"]} '
                          f'(from {config_path}).')
@@ -90,7 +98,7 @@ def enable_visualization(cfg, show_dir: str, config_path: str) -> None:
 def main():
     args = parse_args()
     # Weights-only loading that can resume mmengine checkpoints (explicit,
-    # as mmdet configs may not import mmdtl).
+    # as mmdet/mmseg configs may not import mmdtl).
     register_safe_globals()
     cfg = load_config(args.config, args.cfg_options)
     notes = []
@@ -123,7 +131,7 @@ def main():
         runner.logger.warning(note)
 
     if not any(isinstance(hook, TrunkCheckHook) for hook in runner.hooks):
-        runner.register_hook(TrunkCheckHook())  # configs not based on ours (mmdet)
+        runner.register_hook(TrunkCheckHook())  # configs not based on ours (mmdet, mmseg)
     if args.out is not None:
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
 

@@ -1,8 +1,13 @@
-"""Train a model from an OpenMMLab config (mmpretrain or mmdet scope).
+"""Train a model from an OpenMMLab config (mmpretrain, mmdet or mmseg scope).
+
+The config's ``default_scope`` (``mmseg`` from mmseg's base configs, ``mmdet``
+from mmdet's, ``mmpretrain`` from ours) picks the registries; DTL backbones are
+named ``mmpretrain.DTL...`` in any scope.
 
 Examples::
 
     python tools/train.py configs/dtl/vit-demo_digits.py
+    python tools/train.py configs/mmseg/upernet_dtl+-swin-b-p4-w7_8xb2-160k_ade20k-512x512.py
     python tools/train.py CONFIG --resume                 # latest in work_dir
     python tools/train.py CONFIG --resume PATH.pth --cfg-options train_cfg.max_epochs=200
     bash tools/dist_train.sh CONFIG 8 [ARGS]              # torchrun
@@ -192,8 +197,15 @@ def setup_cpu_distributed(cfg: Config, launcher: str, notes: list) -> None:
     mmengine's ``init_dist`` always calls ``torch.cuda.set_device``, which
     fails on a machine without CUDA, so the process group is initialised
     here (the Runner then finds it initialised and keeps it); DDP wraps a CPU
-    module only with ``device_ids=None``.
+    module only with ``device_ids=None`` and refuses SyncBatchNorm (mmseg's
+    heads), which therefore becomes per-process BatchNorm.
     """
+    sync_bn = replace_sync_bn(cfg.get('model'))
+    if cfg.pop('sync_bn', None) is not None:
+        sync_bn.append('sync_bn')
+    if sync_bn:
+        notes.append(f'No CUDA device: SyncBatchNorm only runs on GPUs; {", ".join(sync_bn)} '
+                     "replaced by per-process 'BN' (statistics of each process's batch).")
     env_cfg = cfg.setdefault('env_cfg', {})
     dist_cfg = env_cfg.setdefault('dist_cfg', {})
     if dist_cfg.get('backend', 'nccl') != 'gloo':
@@ -236,6 +248,23 @@ def setup_cpu_distributed(cfg: Config, launcher: str, notes: list) -> None:
         rank=int(os.environ['RANK']),
         world_size=int(os.environ['WORLD_SIZE']),
         **kwargs)
+
+
+def replace_sync_bn(node, path: str = 'model') -> list:
+    """Turn every ``norm_cfg`` of type ``SyncBN``/``MMSyncBN`` under ``node``
+    into ``BN`` in place; return where (config paths)."""
+    found = []
+    if isinstance(node, dict):
+        norm_type = node.get('type')
+        if isinstance(norm_type, str) and norm_type.split('.')[-1] in ('SyncBN', 'MMSyncBN'):
+            node['type'] = 'BN'
+            found.append(path)
+        for key, value in node.items():
+            found += replace_sync_bn(value, f'{path}.{key}')
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            found += replace_sync_bn(value, f'{path}.{index}')
+    return found
 
 
 # Environment variables that hold the number of processes, per launcher.
@@ -376,7 +405,7 @@ def merge_args(cfg: Config, args, notes: list) -> Tuple[Config, Optional[str]]:
 def main():
     args = parse_args()
     # Weights-only loading that can resume mmengine checkpoints (explicit,
-    # as mmdet configs may not import mmdtl).
+    # as mmdet/mmseg configs may not import mmdtl).
     register_safe_globals()
     cfg = load_config(args.config, args.cfg_options)
     notes = []
@@ -392,7 +421,7 @@ def main():
     if batch_line is not None:
         runner.register_hook(LogBatchAndLrHook(batch_line))
     if not any(isinstance(hook, TrunkCheckHook) for hook in runner.hooks):
-        runner.register_hook(TrunkCheckHook())  # configs not based on ours (mmdet)
+        runner.register_hook(TrunkCheckHook())  # configs not based on ours (mmdet, mmseg)
     try:
         runner.train()
     except CHECKPOINT_ERRORS as e:
