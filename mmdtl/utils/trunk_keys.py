@@ -138,9 +138,30 @@ def _find_source(state: Mapping) -> Optional[_Source]:
 # ---------------------------------------------------------------------------
 
 
+def new_output_norms(backbone: nn.Module) -> Tuple[str, ...]:
+    """Key prefixes of the per-stage output norms a pre-trained classifier
+    cannot have.
+
+    mmpretrain's hierarchical backbones (Swin, ConvNeXt) build a norm
+    ``norm{i}`` for every stage ``i`` of ``out_indices``; classification
+    trains only the last stage's. Dense-prediction configs read earlier
+    stages too (``out_indices=(0, 1, 2, 3)``), whose norms are new: they keep
+    their initialisation (a LayerNorm without learnt affine, frozen; the
+    trainable neck or head after them absorbs any affine map).
+    """
+    stages = getattr(backbone, 'stages', None)
+    if not isinstance(stages, nn.ModuleList):
+        return ()
+    last = len(stages) - 1
+    indices = {i % len(stages) for i in getattr(backbone, 'out_indices', ())
+               if isinstance(i, int)}
+    return tuple(f'norm{i}.' for i in sorted(indices) if i != last)
+
+
 def trunk_shapes(backbone: nn.Module) -> Dict[str, torch.Size]:
     """State-dict entries of the frozen trunk (everything outside ``csn``)
-    that a checkpoint must provide, with their shapes."""
+    that a checkpoint must provide, with their shapes (the new per-stage
+    output norms of :func:`new_output_norms` may be absent)."""
     return {
         k: v.shape
         for k, v in backbone.state_dict().items()
@@ -220,7 +241,8 @@ def check_trunk_state(backbone: nn.Module,
     """
     required = trunk_shapes(backbone)
     local = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    missing = [k for k in required if k not in local]
+    new = new_output_norms(backbone)  # absent from classifiers; checked when present
+    missing = [k for k in required if k not in local and not (new and k.startswith(new))]
     mismatched = [
         f'{k} {tuple(local[k].shape)} in the checkpoint vs {tuple(shape)} in the model'
         for k, shape in required.items()
