@@ -1,0 +1,126 @@
+"""tools/misc/dense_demo.py end to end on a few scenes: every task through a
+real mmengine Runner (mmdet RetinaNet, mmseg FCN) from the shipped demo ViT,
+metrics, the memory meters, reuse of finished runs, the lr sweep's split and
+its write-back into a config."""
+import importlib.util
+import json
+import os.path as osp
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+
+from mmdtl.datasets.dense_scenes import write_dense_scenes
+from mmdtl.testing import make_fashion_mnist_files
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location(
+        'dense_demo', REPO / 'tools/misc/dense_demo.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp('dense')
+    fashion = str(root / 'fashion')
+    make_fashion_mnist_files(fashion)
+    data_root = str(root / 'scenes')
+    write_dense_scenes(data_root, num_train=16, num_val=8, num_test=8, fashion_source=fashion)
+    return data_root
+
+
+def test_every_task_trains_tests_and_is_measured(scenes, tmp_path, capsys):
+    tool = load_tool()
+    work_dir = str(tmp_path / 'work')
+    argv = ['--data-root', scenes, '--work-dir', work_dir,
+            '--methods', 'frozen', 'dtl+sparse', 'full',
+            '--cfg-options', 'train_cfg.max_epochs=1', 'train_dataloader.batch_size=4',
+            'test_dataloader.batch_size=4']
+    assert tool.main(argv) == 0
+    records = {}
+    for path in Path(work_dir).glob('seed0/*/result.json'):
+        record = json.loads(path.read_text())
+        records[(record['task'], record['method'])] = record
+    assert len(records) == 6
+    for task in ('detection', 'segmentation'):
+        frozen, sparse, full = (records[(task, m)] for m in ('frozen', 'dtl+sparse', 'full'))
+        for record in (frozen, sparse, full):
+            assert set(record['metrics']) == set(tool.TASKS[task][1])
+            assert all(0 <= v <= 100 for v in record['metrics'].values())
+        # A frozen trunk keeps no backbone activations, DTL its suffix's only.
+        assert frozen['activation_mb'] < sparse['activation_mb'] < full['activation_mb']
+        assert frozen['trainable_backbone'] == 0
+        assert 0 < sparse['trainable_backbone'] < full['trainable_backbone']
+        # Neck and head train in every method.
+        assert frozen['trainable_total'] > 0
+        assert (sparse['trainable_total'] - sparse['trainable_backbone'] ==
+                frozen['trainable_total'])
+    table = (Path(work_dir) / 'dense_demo.md').read_text()
+    assert '**detection**' in table and '**segmentation**' in table
+    assert 'DTL+, sparse CSN' in table
+    assert (Path(work_dir) / 'dense_demo.png').stat().st_size > 0
+    assert len((Path(work_dir) / 'dense_demo.csv').read_text().splitlines()) == 1 + 6 * 2
+    capsys.readouterr()
+    # A second call reuses every finished run.
+    assert tool.main(argv) == 0
+    assert capsys.readouterr().out.count('reused') == 6
+
+
+def test_sweep_scores_on_val_and_never_on_test(scenes, tmp_path):
+    tool = load_tool()
+    for task in tool.TASKS:
+        cfg = tool.load_run_config(tool.config_path('dtl+', task), 0, str(tmp_path), split='val',
+                                   lr=0.5)
+        dataset = cfg.test_dataloader.dataset
+        paths = list(dataset.data_prefix.values()) + [dataset.get('ann_file', ''),
+                                                      cfg.test_evaluator.get('ann_file', '')]
+        assert not [p for p in paths if 'test' in p], paths
+        assert any('val' in p for p in paths)
+        assert 'val' not in str(cfg.train_dataloader.dataset)
+        assert cfg.optim_wrapper.optimizer.lr == 0.5
+        # The test protocol reads the test split.
+        cfg = tool.load_run_config(tool.config_path('dtl+', task), 0, str(tmp_path))
+        assert any('test' in p for p in cfg.test_dataloader.dataset.data_prefix.values())
+
+
+def test_best_lr_is_written_into_the_config(tmp_path):
+    tool = load_tool()
+    config = tmp_path / 'c.py'
+    text = Path(tool.config_path('dtl+', 'segmentation')).read_text()
+    config.write_text(text)
+    scores = OrderedDict([(1e-3, 50.0), (3e-3, 61.5), (1e-2, 61.5)])
+    best = tool.best_lr(scores)
+    assert best == 3e-3  # ties go to the smaller lr
+    tool.write_lr(str(config), scores, best, 'mIoU')
+    written = config.read_text()
+    assert 'lr = 0.003\n' in written and '1e-3' not in written
+    assert '(val mIoU of the grid, seed 0: 0.001: 50.0, 0.003: 61.5, 0.01: 61.5)' in written
+    assert written.replace(tool.LR_BLOCK.search(written).group(0), '') == \
+        text.replace(tool.LR_BLOCK.search(text).group(0), '')
+    config.write_text('lr = 1\n')
+    with pytest.raises(SystemExit, match='expected one'):
+        tool.write_lr(str(config), scores, best, 'mIoU')
+
+
+def test_configs_differ_only_in_backbone_and_lr():
+    """Every method of a task is the same detector/segmentor: neck, head,
+    data and schedule are shared; only the backbone and lr differ."""
+    from mmengine.config import Config
+    tool = load_tool()
+    for task in tool.TASKS:
+        cfgs = {m: Config.fromfile(tool.config_path(m, task)) for m in tool.METHODS}
+        reference = cfgs['full']
+        for method, cfg in cfgs.items():
+            for key in ('train_dataloader', 'test_dataloader', 'param_scheduler', 'train_cfg'):
+                assert cfg[key] == reference[key], (task, method, key)
+            model, ref_model = dict(cfg.model), dict(reference.model)
+            model.pop('backbone'), ref_model.pop('backbone')
+            assert model == ref_model, (task, method)
+            assert cfg.model.backbone.init_cfg.checkpoint == tool.demo.CHECKPOINT
+        assert cfgs['dtl+sparse'].model.backbone.csn.add_back_blocks == [3, 5]
+        assert osp.isfile(REPO / tool.demo.CHECKPOINT)
