@@ -44,6 +44,7 @@ from mmdtl.utils import (
     UntrainedCheckpointError,
     register_safe_globals,
 )
+from mmdtl.utils.config_checks import check_backbone_reaches_neck
 
 # Weights that do not fit the frozen trunk, a trunk never loaded, a refused or
 # unreadable checkpoint, one to test without trained weights: the message says
@@ -410,6 +411,10 @@ def main():
     cfg = load_config(args.config, args.cfg_options)
     notes = []
     cfg, batch_line = merge_args(cfg, args, notes)
+    try:  # before any data or weights are read
+        check_backbone_reaches_neck(cfg)
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
 
     # 'runner_type' lets a config pick a custom runner (e.g. FlexibleRunner).
     if 'runner_type' not in cfg:

@@ -28,7 +28,8 @@ Shape = Tuple[int, ...]
 
 
 def backbone_output_shapes(backbone: torch.nn.Module,
-                           img_size: Tuple[int, int] = (64, 64)) -> List[Shape]:
+                           img_size: Tuple[int, int] = (64, 64),
+                           in_channels: int = 3) -> List[Shape]:
     """Shapes of the outputs of ``backbone`` on one blank image.
 
     Runs in eval mode without gradients and restores the training mode.
@@ -37,6 +38,7 @@ def backbone_output_shapes(backbone: torch.nn.Module,
         backbone (nn.Module): A built backbone returning a tensor or a
             sequence of tensors.
         img_size (tuple[int, int]): Height and width of the blank image.
+        in_channels (int): Its channels. Defaults to 3.
     """
     was_training = backbone.training
     backbone.eval()
@@ -44,7 +46,7 @@ def backbone_output_shapes(backbone: torch.nn.Module,
         param = next(backbone.parameters(), None)
         device = param.device if param is not None else torch.device('cpu')
         with torch.no_grad():
-            outs = backbone(torch.zeros(1, 3, *img_size, device=device))
+            outs = backbone(torch.zeros(1, in_channels, *img_size, device=device))
     finally:
         backbone.train(was_training)
     if torch.is_tensor(outs):
@@ -136,7 +138,11 @@ def check_backbone_reaches_neck(cfg, img_size: Optional[Tuple[int, int]] = None)
     model = cfg.get('model', {})
     neck_cfg = model.get('neck')
     backbone_cfg = model.get('backbone')
-    if neck_cfg is None or backbone_cfg is None:
+    first_neck = neck_cfg[0] if isinstance(neck_cfg, (list, tuple)) and neck_cfg else neck_cfg
+    checked = isinstance(first_neck, dict) and (
+        'backbone_channel' in first_neck
+        or isinstance(first_neck.get('in_channels'), (list, tuple)))
+    if backbone_cfg is None or not checked:  # nothing to compare: build nothing
         return
     source = getattr(cfg, 'filename', None) or 'the config'
     if img_size is None:
@@ -144,7 +150,10 @@ def check_backbone_reaches_neck(cfg, img_size: Optional[Tuple[int, int]] = None)
         side = max(64, 2 * int(divisor))
         img_size = (side, side)
     backbone = build_backbone(cfg)
-    shapes = backbone_output_shapes(backbone, img_size)
+    # Grey-image trunks (the demo ViT) say so in the backbone or the preprocessor.
+    mean = (model.get('data_preprocessor') or {}).get('mean')
+    in_channels = backbone_cfg.get('in_channels', len(mean) if mean else 3)
+    shapes = backbone_output_shapes(backbone, img_size, in_channels)
     check_neck_inputs(neck_cfg, shapes, backbone_cfg, source)
 
 

@@ -163,6 +163,21 @@ def test_clear_errors(tmp_path, monkeypatch, capsys):
     assert msg == f'Checkpoint not found: {tmp_path / "missing.pth"}'
 
 
+def test_backbone_that_does_not_reach_the_neck_stops_train_before_the_runner(monkeypatch):
+    """A dense config whose backbone gives fewer maps than the neck reads
+    stops with the keys to change, not mmdet's bare AssertionError."""
+    train, _ = load_tools(monkeypatch)
+    config = 'configs/dense-demo/retinanet_vit-demo_dtl+_scenes.py'
+    msg = run_main(train, [config, '--cfg-options', 'model.backbone.out_type=cls_token'],
+                   monkeypatch)
+    assert config in msg.split(':')[0] and 'model.backbone.out_type="featmap"' in msg
+    # As shipped, the grey-image trunk reaches its pyramid (1-channel test image).
+    from mmengine.config import Config
+
+    from mmdtl.utils.config_checks import check_backbone_reaches_neck
+    check_backbone_reaches_neck(Config.fromfile(config))
+
+
 def test_amp_falls_back_without_gpu(monkeypatch):
     from mmengine.config import Config
     train, _ = load_tools(monkeypatch)
