@@ -36,6 +36,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..utils.checkpoint import file_sha256
+
 FASHION_CLASSES = ('tshirt', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt',
                    'sneaker', 'bag', 'ankle_boot')
 DIGIT_CLASSES = tuple(f'digit{i}' for i in range(10))
@@ -289,17 +291,9 @@ def tight_box(mask: np.ndarray) -> List[int]:
 
 
 # --------------------------------------------------------------------------- writer
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _folder_digest(folder: str) -> str:
     """sha256 over ``<name> <sha256>`` lines of a folder's files, sorted."""
-    lines = ''.join(f'{name} {_sha256(osp.join(folder, name))}\n'
+    lines = ''.join(f'{name} {file_sha256(osp.join(folder, name))}\n'
                     for name in sorted(os.listdir(folder)))
     return hashlib.sha256(lines.encode()).hexdigest()
 
@@ -447,7 +441,7 @@ def write_dense_scenes(out_dir: str = 'data/dense-scenes',
                 scenes=count, instances=len(annotations),
                 objects_per_scene={str(n): int(c) for n, c in enumerate(per_scene) if n},
                 instances_per_class=dict(zip(DENSE_SCENES_CLASSES, per_class.tolist())))
-            meta['sha256'][ann_name] = _sha256(osp.join(tmp, ann_name))
+            meta['sha256'][ann_name] = file_sha256(osp.join(tmp, ann_name))
             meta['sha256'][f'ann_dir/{split}'] = _folder_digest(ann_dir)
             meta['sha256'][f'img_dir/{split}'] = _folder_digest(img_dir)
         with open(osp.join(tmp, 'meta.json'), 'w', encoding='utf-8') as f:
@@ -672,7 +666,7 @@ def check_dense_scenes(root: str, splits: Sequence[str] = DENSE_SCENES_SPLITS) -
             problems += check_seg_pair(osp.join(img_dir, name), osp.join(ann_dir, name),
                                        len(DENSE_SCENES_SEG_CLASSES))
         expected = meta.get('sha256', {}).get(ann_name)
-        if expected and osp.isfile(ann_file) and _sha256(ann_file) != expected:
+        if expected and osp.isfile(ann_file) and file_sha256(ann_file) != expected:
             problems.append(f'{ann_file}: sha256 differs from the one in {meta_path}.')
         if coco_problems or not osp.isfile(ann_file):
             continue

@@ -28,6 +28,7 @@ Saving
     for a checkpoint dict (tools, converters).
 """
 import functools
+import hashlib
 import os
 import os.path as osp
 import pickle
@@ -415,6 +416,15 @@ def save_checkpoint_atomic(checkpoint: Any, filename: str) -> None:
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _write_text_atomic(path: str, text: str) -> None:

@@ -17,7 +17,6 @@ not bit-reproducible, so a re-run gives an equivalent checkpoint with another
 hash.
 """
 import argparse
-import hashlib
 import os
 import os.path as osp
 import sys
@@ -36,20 +35,12 @@ DEFAULT_CONFIG = 'configs/pretrain/vit-demo_fashion-mnist.py'
 DEFAULT_OUT = 'checkpoints/demo/vit-demo_fashion-mnist.pth'
 
 
-def sha256sum(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def record_sha256(path: str) -> str:
     """Write (or update) ``path``'s line in ``SHA256SUMS`` next to it, in
     ``sha256sum -c`` format; returns the hash."""
-    from mmdtl.utils.checkpoint import _write_text_atomic
+    from mmdtl.utils.checkpoint import _write_text_atomic, file_sha256
 
-    digest = sha256sum(path)
+    digest = file_sha256(path)
     sums = osp.join(osp.dirname(path), 'SHA256SUMS')
     name = osp.basename(path)
     lines = []

@@ -46,6 +46,7 @@ if REPO not in sys.path:
 
 from mmdtl.datasets.mini_vtab import MINI_VTAB_GROUPS, MINI_VTAB_TASKS  # noqa: E402
 from mmdtl.utils.cfg_options import parse_cfg_options  # noqa: E402
+from mmdtl.utils.checkpoint import file_sha256  # noqa: E402
 from mmdtl.utils.stats import mean as _mean  # noqa: E402
 from mmdtl.utils.stats import sample_std as _std  # noqa: E402
 
@@ -71,14 +72,6 @@ def config_path(method: str, task: str) -> str:
     return osp.join(REPO, CONFIG.format(method=method, task=task))
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_checkpoint(path: str = CHECKPOINT) -> str:
     """The backbone's SHA-256; an error if it is missing, a note if it is not
     the one recorded in ``SHA256SUMS`` next to it (re-created by the
@@ -88,7 +81,7 @@ def check_checkpoint(path: str = CHECKPOINT) -> str:
         raise SystemExit(f'Pre-trained backbone {path} not found. It is shipped with the '
                          'repository; re-create it with '
                          'python tools/misc/pretrain_demo_backbone.py')
-    digest = _sha256(full)
+    digest = file_sha256(full)
     sums = osp.join(osp.dirname(full), 'SHA256SUMS')
     recorded = {}
     if osp.isfile(sums):
