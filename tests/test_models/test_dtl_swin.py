@@ -299,7 +299,8 @@ def test_swin_b_recipe_configs_and_param_counts(name, kernel, lr, drop_path, cou
     (dict(dwconv_kernel=-1), r'csn.dwconv_kernel must be 0'),
     (dict(rank=0), r'csn.rank'),
     # Block 2 starts stage 1, whose running sum restarts: tap 0 cannot feed it.
-    (dict(taps=[0], start=2), r'csn.taps \[0\] feed the running sum after the last block of their stage that adds back'),
+    (dict(taps=[0], start=2),
+     r'csn.taps \[0\] feed the running sum after the last block of their stage that adds'),
     (dict(taps=[3], start=2), r'block 2 adds back'),
     (dict(num_layers=12), r'csn.num_layers=12 does not match .* num_layers=8'),
     (dict(embed_dims=16), r'csn.embed_dims=16 does not match'),
