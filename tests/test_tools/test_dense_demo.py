@@ -88,6 +88,21 @@ def test_sweep_scores_on_val_and_never_on_test(scenes, tmp_path):
         assert any('test' in p for p in cfg.test_dataloader.dataset.data_prefix.values())
 
 
+def test_a_sweep_run_does_not_depend_on_the_lr_written_in_the_config(tmp_path):
+    """--write changes the config's lr; the grid's runs must stay reusable."""
+    tool = load_tool()
+    text = Path(tool.config_path('dtl+', 'segmentation')).read_text()
+    keys = []
+    for written in ('0.001', '0.03'):
+        config = tmp_path / f'{written}.py'
+        config.write_text(tool.LR_BLOCK.sub(f'# chosen on train -> val by x\nlr = {written}\n',
+                                            text).replace("'./_base_/", f"'{REPO}/configs/"
+                                                          "dense-demo/_base_/"))
+        cfg = tool.load_run_config(str(config), 0, str(tmp_path / 'w'), split='val', lr=3e-3)
+        keys.append(tool.demo.run_key(cfg, 0, 'sha'))
+    assert keys[0] == keys[1]
+
+
 def test_best_lr_is_written_into_the_config(tmp_path):
     tool = load_tool()
     config = tmp_path / 'c.py'
