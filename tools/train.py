@@ -432,6 +432,10 @@ def main():
     except CHECKPOINT_ERRORS as e:
         raise SystemExit(f'{type(e).__name__}: {e}') from None
     if torch_dist.is_available() and torch_dist.is_initialized():
+        # Every rank done first: a gloo rank torn down while another still
+        # talks to it aborts at exit ("terminate called without an active
+        # exception", seen once in CI with 2 CPU processes).
+        torch_dist.barrier()
         torch_dist.destroy_process_group()
 
 
