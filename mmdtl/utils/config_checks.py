@@ -54,6 +54,18 @@ def backbone_output_shapes(backbone: torch.nn.Module,
     return [tuple(out.shape) if torch.is_tensor(out) else () for out in outs]
 
 
+def checked_neck(neck_cfg) -> Optional[dict]:
+    """The neck config these checks can compare with backbone outputs (the
+    first of a list of necks), or None: one with ``backbone_channel`` or a
+    list of ``in_channels`` (see the module docstring)."""
+    if isinstance(neck_cfg, (list, tuple)):
+        neck_cfg = neck_cfg[0] if neck_cfg else None
+    if isinstance(neck_cfg, dict) and ('backbone_channel' in neck_cfg or isinstance(
+            neck_cfg.get('in_channels'), (list, tuple))):
+        return neck_cfg
+    return None
+
+
 def check_neck_inputs(neck_cfg: Optional[dict], shapes: Sequence[Shape],
                       backbone_cfg: Optional[dict] = None, source: str = 'the config') -> None:
     """Raise ``ValueError`` when backbone outputs of ``shapes`` cannot feed
@@ -68,9 +80,8 @@ def check_neck_inputs(neck_cfg: Optional[dict], shapes: Sequence[Shape],
             message (``out_indices``, ``out_type``).
         source (str): The config file, quoted in the message.
     """
-    if isinstance(neck_cfg, (list, tuple)):
-        neck_cfg = neck_cfg[0] if neck_cfg else None
-    if not isinstance(neck_cfg, dict):
+    neck_cfg = checked_neck(neck_cfg)
+    if neck_cfg is None:
         return
     backbone_cfg = backbone_cfg or {}
     neck_type = neck_cfg.get('type', 'neck')
@@ -138,11 +149,7 @@ def check_backbone_reaches_neck(cfg, img_size: Optional[Tuple[int, int]] = None)
     model = cfg.get('model', {})
     neck_cfg = model.get('neck')
     backbone_cfg = model.get('backbone')
-    first_neck = neck_cfg[0] if isinstance(neck_cfg, (list, tuple)) and neck_cfg else neck_cfg
-    checked = isinstance(first_neck, dict) and (
-        'backbone_channel' in first_neck
-        or isinstance(first_neck.get('in_channels'), (list, tuple)))
-    if backbone_cfg is None or not checked:  # nothing to compare: build nothing
+    if backbone_cfg is None or checked_neck(neck_cfg) is None:  # nothing to compare: build nothing
         return
     source = getattr(cfg, 'filename', None) or 'the config'
     if img_size is None:
