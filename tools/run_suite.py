@@ -58,6 +58,11 @@ from mmdtl.datasets.few_shot import (  # noqa: E402
     few_shot_run_dir,
 )
 from mmdtl.datasets.vtab import VTAB1K_GROUPS, VTAB1K_TASKS  # noqa: E402
+from mmdtl.utils.ablation import (  # noqa: E402
+    AblationSetting,
+    ablation_settings,
+    setting_description,
+)
 from mmdtl.utils.cfg_options import parse_cfg_options  # noqa: E402
 from mmdtl.utils.run_pool import device_groups, run_on_devices  # noqa: E402
 from mmdtl.utils.stats import mean as _mean  # noqa: E402
@@ -81,7 +86,15 @@ SUITES = OrderedDict([
     # DTL+ on random trunks of every architecture (ViT, DeiT3, BEiT, ConvNeXt):
     # each trains through the one runner; the ViT row is the demo's control
     ('mini-vtab-trunks', ('mini-vtab', 'configs/demo/*-demo_dtl+random-trunk_*.py')),
+    # side-network ablations (M, rank, DWConv kernel, taps) around DTL+, every
+    # setting on every task and --seeds: the demo's mini VTAB-1k (CPU) and
+    # VTAB-1k with the released ViT-B recipe (GPU)
+    ('ablation-mini-vtab', ('ablation', 'configs/demo/vit-demo_dtl+_*.py')),
+    ('ablation-vtab-vit', ('ablation', 'configs/dtl/vtab/vit-b_dtl+_*.py')),
 ])
+# ablation suite -> its benchmark and how its memory columns are counted:
+# 'real' runs one CPU step (exact), 'fake' counts on fake tensors (no compute)
+ABLATION_MEMORY = {'ablation-mini-vtab': 'real', 'ablation-vtab-vit': 'fake'}
 # VTAB-1k validation protocol: train on train800, evaluate on val200.
 VAL_MODE_OPTIONS = [
     'train_dataloader.dataset.split=train800',
@@ -106,9 +119,12 @@ class Run:
     shot: Optional[int] = None
     seed: Optional[int] = None
     options: List[str] = field(default_factory=list)
+    setting: Optional[str] = None  # ablation suites: the setting's name
 
     @property
     def label(self) -> str:
+        if self.setting is not None:
+            return f'{self.stem} [{self.setting}] seed={self.seed}'
         extra = '' if self.shot is None else f' shot={self.shot} seed={self.seed}'
         return f'{self.stem}{extra}'
 
@@ -166,6 +182,16 @@ def plan_runs(suite: str, configs: List[str], work_root: str, shots, seeds, val:
             runs.append(Run(path, stem, method, cfg.get('task', name), work_dir, work_dir,
                             uses_best, options=options))
             continue
+        if kind == 'ablation':
+            for setting in suite_settings(cfg):
+                setting_dir = osp.join(suite_dir, setting_folder(setting.name), stem)
+                for seed in seeds:
+                    run_dir = osp.join(setting_dir, f'seed{seed}')
+                    runs.append(Run(path, stem, method, cfg.get('task', name), run_dir, run_dir,
+                                    uses_best, seed=seed, setting=setting.name,
+                                    options=options + setting.cfg_options() +
+                                    [f'randomness.seed={seed}']))
+            continue
         dataset = cfg.get('dataset_name', name) if kind == 'few-shot' else dg_test_sets(cfg)
         run_shots = shots or ([cfg.get('shot', 16)] if kind == 'dg' else list(FEW_SHOT_SHOTS))
         for shot in run_shots:
@@ -173,7 +199,40 @@ def plan_runs(suite: str, configs: List[str], work_root: str, shots, seeds, val:
                 runs.append(Run(path, stem, method, dataset, work_dir,
                                 few_shot_run_dir(work_dir, shot, seed), uses_best, shot, seed,
                                 options + [f'shot={shot}', f'seed={seed}']))
+    if kind == 'ablation':  # seed by seed: a partial suite has whole seeds
+        runs.sort(key=lambda run: list(seeds).index(run.seed))
     return runs
+
+
+def trunk_depth(backbone_cfg) -> int:
+    """Number of blocks of a ViT-like backbone config (``arch`` a name of
+    its class's ``arch_zoo`` or a dict with ``num_layers``)."""
+    from mmpretrain.registry import MODELS
+
+    arch = backbone_cfg.get('arch', 'base')
+    if isinstance(arch, dict):
+        return arch['num_layers']
+    backbone_cls = MODELS.get(backbone_cfg['type'])
+    zoo = getattr(backbone_cls, 'arch_zoo', {})
+    for names, settings in zoo.items():
+        if arch in (names if isinstance(names, (list, tuple)) else [names]):
+            return settings['num_layers']
+    raise SystemExit(f'ablation: cannot tell the depth of backbone arch {arch!r} '
+                     f'({backbone_cfg["type"]}); give arch as a dict with num_layers')
+
+
+def suite_settings(cfg) -> List[AblationSetting]:
+    """The ablation settings around a base config's side network."""
+    import mmdtl  # noqa: F401  (registries)
+
+    csn = cfg.model.backbone.csn
+    return ablation_settings(trunk_depth(cfg.model.backbone), csn.start, csn.rank,
+                             csn.get('dwconv_kernel', 0))
+
+
+def setting_folder(name: str) -> str:
+    """``'taps every 2'`` -> ``'taps-every-2'``: a run folder per setting."""
+    return name.replace('=', '').replace(' ', '-')
 
 
 def dg_test_sets(cfg) -> str:
@@ -193,6 +252,7 @@ class Launch:
             leaves the environment as it is.
         port (int | None): torchrun's master port (``PORT`` of
             ``tools/dist_*.sh``), distinct for multi-process runs at the same time.
+        threads (int | None): ``OMP_NUM_THREADS`` of the run (``--jobs``).
         partition (str | None): a Slurm partition: each tool then runs as one
             ``srun`` job step through ``tools/slurm_*.sh``.
     """
@@ -200,10 +260,11 @@ class Launch:
     devices: Optional[Tuple[str, ...]] = None
     port: Optional[int] = None
     partition: Optional[str] = None
+    threads: Optional[int] = None
 
     def env(self) -> Dict[str, str]:
         """The environment variables the run's commands get."""
-        env = {}
+        env = {} if self.threads is None else {'OMP_NUM_THREADS': str(self.threads)}
         if self.partition is not None:
             # srun --ntasks, and never more GPUs per node than the run has
             node = int(os.environ.get('GPUS_PER_NODE', 8))
@@ -414,6 +475,9 @@ def plan_launches(args) -> List[Launch]:
             raise SystemExit(f'--gpus {total} does not split into runs of --gpus-per-run '
                              f'{per_run}.')
         return [Launch(per_run, partition=args.partition) for _ in range(total // per_run)]
+    if args.jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        return [Launch(per_run, threads=threads) for _ in range(args.jobs)]
     if args.devices:
         devices = args.devices
     elif args.gpus:
@@ -632,6 +696,122 @@ def collect(suite: str, runs: List[Run], seeds: Sequence[int], shots) -> Tuple[s
     return title + '\n\n' + to_markdown(header, rows, len(seeds)), header, rows
 
 
+def ablation_benchmark(suite: str) -> Tuple[List[str], Dict[str, List[str]]]:
+    """The tasks and groups of an ablation suite's benchmark."""
+    if SUITES[suite][1].startswith('configs/demo/'):
+        from mmdtl.datasets.mini_vtab import MINI_VTAB_GROUPS, MINI_VTAB_TASKS
+        return list(MINI_VTAB_TASKS), dict(MINI_VTAB_GROUPS)
+    return list(VTAB1K_TASKS), dict(VTAB1K_GROUPS)
+
+
+def setting_memory(suite: str, run: Run, suite_dir: str, compute: bool) -> Optional[dict]:
+    """Trainable parameters and step memory of a setting (on the config of
+    ``run``), cached in ``<setting>/memory.json`` under the config's text."""
+    import hashlib
+
+    from mmengine.config import Config
+
+    from mmdtl.utils.config_memory import config_step_memory
+
+    cfg = Config.fromfile(run.config)
+    cfg.merge_from_dict(parse_cfg_options(run.options))
+    mode = ABLATION_MEMORY[suite]
+    key = hashlib.sha256(f'{mode}\n{cfg.pretty_text}'.encode()).hexdigest()
+    path = osp.join(suite_dir, setting_folder(run.setting), 'memory.json')
+    if osp.isfile(path):
+        with open(path) as f:
+            cached = json.load(f)
+        if cached.get('key') == key:
+            return cached
+    if not compute:
+        return None
+    record = dict(config_step_memory(cfg, fake=mode == 'fake'), key=key, mode=mode,
+                  config=osp.relpath(run.config, REPO),
+                  batch_size=cfg.train_dataloader.batch_size)
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    write_json(path, record)
+    return record
+
+
+def collect_ablation(suite: str, runs: List[Run], suite_dir: str, write: bool) -> str:
+    """The ablation's table (markdown, returned; with ``write`` also
+    ``results.csv`` and the Pareto plot ``pareto.png``): accuracy over seeds
+    per task, group and ``Mean``, and per setting the backbone's trainable
+    parameters and the memory of one training step."""
+    from mmdtl.utils.ablation import ablation_table, pareto_front, plot_pareto
+
+    tasks, groups = ablation_benchmark(suite)
+    results = OrderedDict()
+    first = OrderedDict()  # setting -> its first run (the memory is counted on its config)
+    for run in runs:
+        first.setdefault(run.setting, run)
+        results.setdefault(run.setting, {})
+        path = osp.join(run.run_dir, RESULTS)
+        if osp.isfile(path):
+            with open(path) as f:
+                top1 = json.load(f)['metrics'].get(TOP1)
+            if top1 is not None:
+                results[run.setting].setdefault(run.dataset, {})[run.seed] = top1
+    rows = ablation_table(results, tasks, groups)
+    memory = {name: setting_memory(suite, run, suite_dir, compute=write)
+              for name, run in first.items()}
+    from mmengine.config import Config
+    base_cfg = Config.fromfile(next(iter(first.values())).config)
+    settings = {s.name: s for s in suite_settings(base_cfg)}
+    base_csn = base_cfg.model.backbone.csn.to_dict()
+    points = {name: (memory[name]['activations_mb'], row['Mean'][0])
+              for name, row in rows.items() if memory[name] and row['Mean']}
+    front = set(pareto_front(points))
+    shown_cells = tasks if len(tasks) <= 6 else []
+    header = (['setting', 'side network'] + shown_cells + [g.capitalize() for g in groups] +
+              ['Mean', 'trainable (backbone)', 'activations saved', 'step peak', 'front'])
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for name, row in rows.items():
+        mem = memory[name]
+        cells = [name, setting_description(settings[name], base_csn)]
+        cells += [_cell_text(row[c], None) for c in shown_cells + [g.capitalize() for g in groups]]
+        cells += [_cell_text(row['Mean'], None)]
+        cells += ([f'{mem["trainable"]:,}', f'{mem["activations_mb"]:.2f} MB',
+                   f'{mem["step_peak_mb"]:.2f} MB'] if mem else ['-', '-', '-'])
+        cells.append('yes' if name in front else '')
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    seeds = sorted({run.seed for run in runs})
+    some = next((m for m in memory.values() if m), None)
+    how = ('' if some is None else
+           f' Memory: one fp32 training step at batch {some["batch_size"]} of '
+           f'{some["config"]}, {"run on CPU (profiler)" if some["mode"] == "real" else "counted on fake tensors (estimate)"}; '  # noqa: E501
+           'activations = bytes saved for backward, step peak = live tensors at the peak.')
+    text = (f'Ablation around {next(iter(first.values())).method}: top-1 (%) '
+            f'mean ± std over seeds {seeds}; Mean = mean of the group means. front = on the '
+            f'Pareto front of Mean vs activations saved.{how}\n\n' + '\n'.join(lines) + '\n')
+    if write:
+        os.makedirs(suite_dir, exist_ok=True)
+        csv_path = osp.join(suite_dir, 'results.csv')
+        with open(csv_path + '.tmp', 'w', newline='') as f:
+            writer = csv.writer(f)
+            cols = tasks + [g.capitalize() for g in groups] + ['Mean']
+            writer.writerow(['setting', 'axis', 'side network'] +
+                            [f'{c}{s}' for c in cols for s in ('', ' std', ' n')] +
+                            ['trainable', 'activations_mb', 'step_peak_mb', 'pareto_front'])
+            for name, row in rows.items():
+                out = [name, settings[name].axis, setting_description(settings[name], base_csn)]
+                for c in cols:
+                    cell = row.get(c)
+                    out += (['', '', ''] if cell is None else
+                            [f'{cell[0]:.2f}', f'{cell[1]:.2f}', cell[2]])
+                mem = memory[name]
+                out += ([mem['trainable'], f'{mem["activations_mb"]:.3f}',
+                         f'{mem["step_peak_mb"]:.3f}'] if mem else ['', '', ''])
+                writer.writerow(out + [int(name in front)])
+        os.replace(csv_path + '.tmp', csv_path)
+        if points:
+            plot_pareto(osp.join(suite_dir, 'pareto.png'), points,
+                        {n: settings[n].axis for n in points},
+                        'activations saved for backward, one step (MB)',
+                        f'{suite}: Mean top-1 vs memory, seeds {seeds}')
+    return text
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Train and test every config of a suite; write the result table.')
@@ -655,6 +835,9 @@ def parse_args(argv=None):
                         'SRUN_ARGS and CPUS_PER_TASK from the environment), --gpus / '
                         '--gpus-per-run steps at the same time')
     parser.add_argument('--partition', help='the Slurm partition (--launcher slurm)')
+    parser.add_argument('--jobs', type=int, default=1,
+                        help='without GPUs: run this many runs at the same time, each with '
+                        'OMP_NUM_THREADS = CPU cores / JOBS (e.g. the CPU ablations)')
     parser.add_argument('--configs', nargs='+',
                         help='run these configs instead of all of the suite')
     parser.add_argument('--shots', nargs='+', type=int,
@@ -676,11 +859,18 @@ def parse_args(argv=None):
         if '=' not in kv or not kv.split('=', 1)[0]:
             parser.error(f'--cfg-options: expected KEY=VALUE, got {kv!r}')
     kind = SUITES[args.suite][0]
-    if args.val and kind not in ('vtab', 'mini-vtab'):
+    if args.val and kind not in ('vtab', 'mini-vtab', 'ablation'):
         parser.error('--val is the VTAB-1k validation protocol; few-shot and DG configs '
                      'validate on their own val split already.')
     if kind in ('vtab', 'mini-vtab') and (args.shots or args.seeds):
-        parser.error('--shots/--seeds apply to the few-shot and domain-generalization suites.')
+        parser.error('--shots/--seeds apply to the few-shot, domain-generalization and '
+                     'ablation suites.')
+    if kind == 'ablation' and args.shots:
+        parser.error('--shots applies to the few-shot and domain-generalization suites.')
+    if args.jobs < 1:
+        parser.error('--jobs must be >= 1')
+    if args.jobs > 1 and (args.gpus or args.devices or args.launcher == 'slurm'):
+        parser.error('--jobs runs CPU runs side by side; with GPUs give --gpus or --devices')
     args.seeds = args.seeds or list(FEW_SHOT_SEEDS)
     if args.gpus is not None and args.gpus < 1:
         parser.error('--gpus must be >= 1')
@@ -710,8 +900,11 @@ def main(argv=None) -> int:
           flush=True)
     launches = plan_launches(args)
     if len(launches) > 1:
-        where = ('Slurm job steps' if args.launcher == 'slurm' else
-                 'devices ' + ' | '.join(','.join(launch.devices) for launch in launches))
+        if args.jobs > 1:
+            where = f'CPU ({launches[0].threads} thread(s) each)'
+        else:
+            where = ('Slurm job steps' if args.launcher == 'slurm' else
+                     'devices ' + ' | '.join(','.join(launch.devices) for launch in launches))
         print(f'Up to {len(launches)} runs at the same time on {where} '
               f'({args.gpus_per_run} per run; devices are given to runs as they free up)',
               flush=True)
@@ -725,17 +918,23 @@ def main(argv=None) -> int:
                                          args.verbose, False))
     failed = [run.label for run, success in zip(runs, ok) if not success]
 
-    table, header, rows = collect(args.suite, runs, args.seeds, args.shots)
     md_path, csv_path = osp.join(suite_dir, 'results.md'), osp.join(suite_dir, 'results.csv')
+    if SUITES[args.suite][0] == 'ablation':
+        table = collect_ablation(args.suite, runs, suite_dir, write=not args.dry_run)
+    else:
+        table, header, rows = collect(args.suite, runs, args.seeds, args.shots)
     if not args.dry_run:
         os.makedirs(suite_dir, exist_ok=True)
         with open(md_path + '.tmp', 'w') as f:
             f.write(f'# {args.suite}\n\n{table}')
         os.replace(md_path + '.tmp', md_path)
-        to_csv(csv_path, header, rows)
+        if SUITES[args.suite][0] != 'ablation':
+            to_csv(csv_path, header, rows)
     print('\n' + table)
     if not args.dry_run:
-        print(f'Written {md_path} and {csv_path}')
+        written = ' and '.join([md_path, csv_path] + (
+            [osp.join(suite_dir, 'pareto.png')] if SUITES[args.suite][0] == 'ablation' else []))
+        print(f'Written {written}')
     if failed:
         print(f'{len(failed)} run(s) failed: {", ".join(failed)}')
         return 1
