@@ -162,6 +162,9 @@ def plan_runs(suite: str, configs: List[str], work_root: str, shots, seeds, val:
     kind = SUITES[suite][0]
     suite_dir = osp.join(work_root, suite + ('_val' if val else ''))
     runs = []
+    # an ablation's settings are those around the first config's side
+    # network, the same for every task (whose own values make the base row)
+    settings = suite_settings(configs) if kind == 'ablation' else []
     for path in configs:
         stem = osp.basename(path)[:-3]
         cfg = Config.fromfile(path)
@@ -183,7 +186,7 @@ def plan_runs(suite: str, configs: List[str], work_root: str, shots, seeds, val:
                             uses_best, options=options))
             continue
         if kind == 'ablation':
-            for setting in suite_settings(cfg):
+            for setting in settings:
                 setting_dir = osp.join(suite_dir, setting_folder(setting.name), stem)
                 for seed in seeds:
                     run_dir = osp.join(setting_dir, f'seed{seed}')
@@ -221,13 +224,19 @@ def trunk_depth(backbone_cfg) -> int:
                      f'({backbone_cfg["type"]}); give arch as a dict with num_layers')
 
 
-def suite_settings(cfg) -> List[AblationSetting]:
-    """The ablation settings around a base config's side network."""
+def suite_settings(configs: Sequence[str]) -> List[AblationSetting]:
+    """The ablation settings around the side network of a suite's configs
+    (the first one's; every kernel is tried where the tasks' kernels differ,
+    as the released VTAB-1k recipe's)."""
+    from mmengine.config import Config
+
     import mmdtl  # noqa: F401  (registries)
 
-    csn = cfg.model.backbone.csn
-    return ablation_settings(trunk_depth(cfg.model.backbone), csn.start, csn.rank,
-                             csn.get('dwconv_kernel', 0))
+    cfgs = [Config.fromfile(path) for path in configs]
+    csn = cfgs[0].model.backbone.csn
+    kernels = {cfg.model.backbone.csn.get('dwconv_kernel', 0) for cfg in cfgs}
+    return ablation_settings(trunk_depth(cfgs[0].model.backbone), csn.start, csn.rank,
+                             kernels.pop() if len(kernels) == 1 else None)
 
 
 def setting_folder(name: str) -> str:
@@ -756,9 +765,13 @@ def collect_ablation(suite: str, runs: List[Run], suite_dir: str, write: bool) -
     memory = {name: setting_memory(suite, run, suite_dir, compute=write)
               for name, run in first.items()}
     from mmengine.config import Config
-    base_cfg = Config.fromfile(next(iter(first.values())).config)
-    settings = {s.name: s for s in suite_settings(base_cfg)}
-    base_csn = base_cfg.model.backbone.csn.to_dict()
+    configs = list(OrderedDict.fromkeys(run.config for run in runs))
+    cfgs = [Config.fromfile(path) for path in configs]
+    bases = [cfg.model.backbone.csn.to_dict() for cfg in cfgs]
+    settings = {s.name: s for s in suite_settings(configs)}
+    # a field the tasks set differently (the released VTAB kernels) reads 'per task'
+    base_csn = {key: value if all(b.get(key) == value for b in bases) else 'per task'
+                for key, value in bases[0].items()}
     points = {name: (memory[name]['activations_mb'], row['Mean'][0])
               for name, row in rows.items() if memory[name] and row['Mean']}
     front = set(pareto_front(points))
@@ -905,9 +918,9 @@ def main(argv=None) -> int:
         else:
             where = ('Slurm job steps' if args.launcher == 'slurm' else
                      'devices ' + ' | '.join(','.join(launch.devices) for launch in launches))
-        print(f'Up to {len(launches)} runs at the same time on {where} '
-              f'({args.gpus_per_run} per run; devices are given to runs as they free up)',
-              flush=True)
+        how = ('' if args.jobs > 1 else f' ({args.gpus_per_run} per run; devices are given to '
+               'runs as they free up)')
+        print(f'Up to {len(launches)} runs at the same time on {where}{how}', flush=True)
     if args.dry_run:  # in order, as the runs would start if they took equal times
         ok = [run_one(run, i, len(runs), launches[(i - 1) % len(launches)], args.verbose, True)
               for i, run in enumerate(runs, 1)]

@@ -44,7 +44,7 @@ def _taps_text(taps: Sequence[int]) -> str:
     return ','.join(str(t) for t in taps)
 
 
-def ablation_settings(depth: int, start: int, rank: int, kernel: int,
+def ablation_settings(depth: int, start: int, rank: int, kernel: Optional[int],
                       ranks: Sequence[int] = (1, 2, 4, 8),
                       kernels: Sequence[int] = (0, 1, 3, 5)) -> List[AblationSetting]:
     """The settings around a base side network of a ``depth``-block trunk
@@ -63,7 +63,8 @@ def ablation_settings(depth: int, start: int, rank: int, kernel: int,
         depth (int): Number of blocks of the trunk.
         start (int): The base ``M``.
         rank (int): The base rank.
-        kernel (int): The base DWConv kernel (0: DTL).
+        kernel (int | None): The base DWConv kernel (0: DTL); None where
+            every task has its own (every kernel of ``kernels`` is tried).
         ranks (Sequence[int]): Ranks to try.
         kernels (Sequence[int]): Kernels to try.
     """
@@ -97,8 +98,9 @@ def setting_description(setting: AblationSetting, base_csn: dict) -> str:
     else:
         taps_text = _taps_text(taps)
     kernel = csn.get('dwconv_kernel', 0)
-    return (f'M={csn.get("start")}, rank {csn.get("rank")}, '
-            f'{"no DWConv" if not kernel else f"k={kernel}"}, taps {taps_text}')
+    kernel_text = ('no DWConv' if not kernel else
+                   f'k {kernel}' if isinstance(kernel, str) else f'k={kernel}')
+    return f'M={csn.get("start")}, rank {csn.get("rank")}, {kernel_text}, taps {taps_text}'
 
 
 def pareto_front(points: Dict[str, Tuple[float, float]]) -> List[str]:

@@ -93,3 +93,17 @@ def test_jobs_run_cpu_runs_side_by_side(capsys):
     with pytest.raises(SystemExit):
         run_suite.parse_args(['ablation-mini-vtab', '--shots', '1'])
     assert run_suite.parse_args(['ablation-vtab-vit', '--seeds', '0']).seeds == [0]
+
+
+def test_vtab_suite_tries_every_kernel_around_the_per_task_kernels(tmp_path):
+    configs = run_suite.suite_configs('ablation-vtab-vit', None)
+    settings = run_suite.suite_settings(configs)
+    # the released tasks use kernels 3, 4 and 5: every kernel is a setting
+    assert [s.name for s in settings if s.axis == 'kernel'] == ['kernel=0', 'kernel=1',
+                                                                'kernel=3', 'kernel=5']
+    assert [s.name for s in settings if s.axis == 'M'] == ['M=2', 'M=4', 'M=8', 'M=10']
+    runs = run_suite.plan_runs('ablation-vtab-vit', configs, str(tmp_path), None, [0], False,
+                               [], None)
+    assert len(runs) == len(settings) * 19
+    text = run_suite.collect_ablation('ablation-vtab-vit', runs, str(tmp_path), write=False)
+    assert '| base | M=6, rank 2, k per task, taps 0-11 |' in text
