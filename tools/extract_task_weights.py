@@ -54,7 +54,9 @@ def main(argv=None) -> int:
         load_backbone_weights,
         save_task_checkpoint,
     )
+    from mmdtl.utils import TrunkMismatchError
     from mmdtl.utils.checkpoint import safe_torch_load
+    from mmdtl.utils.trunk_keys import nonfinite_tensors
 
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
@@ -73,10 +75,23 @@ def main(argv=None) -> int:
     checkpoint = safe_torch_load(args.checkpoint, map_location='cpu')
     state = checkpoint.get('state_dict', checkpoint)
     state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
-    try:
+    try:  # the backbone checks its trunk and side network (keys, shapes, values)
         model.load_state_dict(state, strict=True)
+    except TrunkMismatchError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
     except RuntimeError as e:
         print(f'error: {args.checkpoint} does not fit the model of {args.config}: {e}',
+              file=sys.stderr)
+        return 1
+    # ... and the rest of what the task file keeps (head, neck).
+    nonfinite = nonfinite_tensors(
+        state, [k for k in state if k.startswith(('head.', 'neck.'))])
+    if nonfinite:
+        more = ', ...' if len(nonfinite) > 3 else ''
+        print(f'error: {args.checkpoint} holds non-finite values (NaN or inf) in '
+              f'{len(nonfinite)} head/neck tensors: {", ".join(nonfinite[:3])}{more}; it was '
+              'written by a run that diverged: extract an earlier checkpoint of that run.',
               file=sys.stderr)
         return 1
     trained_sha = backbone_fingerprint(model)

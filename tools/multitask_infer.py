@@ -43,11 +43,18 @@ def _task_files(items):
 def main(argv=None) -> int:
     args = parse_args(argv)
     import mmdtl  # noqa: F401
+    from mmdtl.engine import BackboneMismatchError
     from mmdtl.models import MultiTaskInferencer
+    from mmdtl.utils import TrunkMismatchError, UnreadableCheckpointError, UnsafeCheckpointError
 
-    inferencer = MultiTaskInferencer(args.config, args.backbone_checkpoint,
-                                     _task_files(args.task_files), device=args.device,
-                                     batch_size=args.batch_size)
+    try:
+        inferencer = MultiTaskInferencer(args.config, args.backbone_checkpoint,
+                                         _task_files(args.task_files), device=args.device,
+                                         batch_size=args.batch_size)
+    except (BackboneMismatchError, TrunkMismatchError, UnreadableCheckpointError,
+            UnsafeCheckpointError, FileNotFoundError, ValueError) as e:
+        # a task or backbone file that does not fit, or is refused: the message says it
+        raise SystemExit(f'error: {e}') from None
     model = inferencer.model
     print(f'backbone sha256 {model.backbone_sha256[:16]}...; shared blocks 0..'
           f'{max(model.starts.values())} once, then per task:')

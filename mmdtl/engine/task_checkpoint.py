@@ -32,12 +32,8 @@ import torch
 import torch.nn as nn
 from mmengine.model import is_model_wrapper
 
-from mmdtl.utils.checkpoint import (
-    is_unreadable_error,
-    safe_torch_load,
-    save_checkpoint_atomic,
-    unreadable_checkpoint,
-)
+from mmdtl.utils.checkpoint import safe_torch_load, save_checkpoint_atomic
+from mmdtl.utils.trunk_keys import clear_untrained_load, nonfinite_tensors
 
 TASK_FILE_FORMAT = 'mmdtl-task'
 TASK_FILE_VERSION = 1
@@ -291,25 +287,24 @@ def save_task_checkpoint(model: nn.Module,
 
 
 def read_task_file(path: str) -> dict:
-    """Load and validate a task file (``weights_only=True``, no allow-list).
+    """Load and validate a task file (``weights_only=True``).
 
     Args:
         path (str): The task file.
 
     Returns:
         dict: Its content, see the module docstring.
+
+    Raises:
+        UnsafeCheckpointError: The file needs a pickled global that is not
+            allowed; the message names the file and the global.
+        UnreadableCheckpointError: The file is empty or cut short.
+        ValueError: It is not a task file, is of a newer version, lacks
+            entries, or its side network, head or neck hold NaN or inf.
     """
     if not osp.isfile(path):
         raise FileNotFoundError(f'Task file {path} does not exist.')
-    try:
-        content = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        if is_unreadable_error(e, path):  # empty or cut short: one line naming it
-            raise unreadable_checkpoint(path, e) from None
-        reason = (str(e).split('WeightsUnpickler error:', 1)[-1].strip().splitlines()
-                  or [''])[0]
-        raise ValueError(f'{path} is not a task file: it does not load with '
-                         f'weights_only=True ({type(e).__name__}: {reason}).') from None
+    content = safe_torch_load(path, map_location='cpu')
     if not isinstance(content, dict) or content.get('format') != TASK_FILE_FORMAT:
         raise ValueError(f'{path} is not a task file (no format={TASK_FILE_FORMAT!r}); '
                          f'make one with tools/extract_task_weights.py.')
@@ -319,6 +314,16 @@ def read_task_file(path: str) -> dict:
     missing = [k for k in _REQUIRED_KEYS if k not in content]
     if missing:
         raise ValueError(f'Task file {path} lacks {missing}.')
+    tensors = {f'{part}.{k}': v for part in ('csn_state', 'head_state', 'neck_state')
+               if isinstance(content.get(part), Mapping) for k, v in content[part].items()}
+    nonfinite = nonfinite_tensors(tensors)
+    if nonfinite:
+        more = ', ...' if len(nonfinite) > 3 else ''
+        raise ValueError(
+            f'Task file {path} holds non-finite values (NaN or inf) in {len(nonfinite)} of '
+            f'its {len(tensors)} tensors: {", ".join(nonfinite[:3])}{more}. It was written by '
+            f'a run that diverged or is damaged: take an earlier task file of that run or '
+            f'extract one from an earlier checkpoint (tools/extract_task_weights.py).')
     return content
 
 
@@ -380,6 +385,7 @@ def load_task_checkpoint(model: nn.Module, path: str, strict: bool = True) -> di
     neck = getattr(model, 'neck', None) if model is not backbone else None
     if neck is not None and content.get('neck_state') is not None:
         neck.load_state_dict(content['neck_state'], strict=strict)
+    clear_untrained_load(backbone)  # the side network and head are the trained ones now
     if content.get('class_names'):
         # mmpretrain's inferencers read the class names from here.
         model._dataset_meta = dict(classes=tuple(content['class_names']))

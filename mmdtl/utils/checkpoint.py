@@ -52,7 +52,7 @@ from .trunk_keys import remember_checkpoint
 __all__ = [
     'SAFE_GLOBAL_NAMES', 'UnsafeCheckpointError', 'UnreadableCheckpointError',
     'register_safe_globals', 'safe_torch_load', 'unreadable_checkpoint', 'is_unreadable_error',
-    'load_from_local_safe', 'save_checkpoint_atomic', 'AtomicCheckpointHook'
+    'torch_load_reason', 'load_from_local_safe', 'save_checkpoint_atomic', 'AtomicCheckpointHook'
 ]
 
 # ---------------------------------------------------------------------------
@@ -219,14 +219,32 @@ def _offending_globals(text: str, file: Any) -> List[str]:
     return list(dict.fromkeys(names))
 
 
+# Sentences of torch's weights-only message that advise weights_only=False
+# (arbitrary code execution on a crafted file): never repeated to users.
+_TORCH_ADVICE = re.compile(r'weights_only|will likely succeed|trusted source|file an issue|'
+                           r'Weights only load failed', re.IGNORECASE)
+
+
+def torch_load_reason(error: BaseException) -> str:
+    """Why ``torch.load`` failed, in one line, without torch's advice to
+    re-run with ``weights_only=False``."""
+    text = str(error).split('WeightsUnpickler error:', 1)[-1]
+    for line in text.splitlines():
+        sentences = [s for s in re.split(r'(?<=\.)\s+', line.strip())
+                     if s and not _TORCH_ADVICE.search(s)]
+        if sentences:
+            return ' '.join(sentences)[:200]
+    return ''
+
+
 def _refusal(file: Any, error: BaseException) -> UnsafeCheckpointError:
     """Build the error that names the file and the offending global(s)."""
     text = str(error)
-    # torch's message also suggests weights_only=False; keep only its reason.
-    reason = text.split('WeightsUnpickler error:', 1)[-1].strip().splitlines()[0]
     names = _offending_globals(text, file)
     what = (f'the pickled global(s) {", ".join(names)}, not on the allow-list'
-            if names else f'a pickle construct weights-only loading forbids ({reason})')
+            if names else
+            f'a pickle construct weights-only loading forbids '
+            f'({torch_load_reason(error) or type(error).__name__})')
     return UnsafeCheckpointError(
         f'Refusing to load checkpoint {file}: it contains {what}. Checkpoints are loaded '
         'with weights_only=True and may only hold tensors, containers, numbers, strings '
@@ -268,9 +286,8 @@ def unreadable_checkpoint(file: Any, error: BaseException) -> UnreadableCheckpoi
         what = ('it is a NumPy .npz archive, not a torch checkpoint (Google\'s ViT '
                 'weights?): convert it with tools/model_converters/vit_npz_to_mmpretrain.py')
     else:
-        # torch's first sentence (after its weights-only preamble, if any)
-        text = str(error).split('WeightsUnpickler error:', 1)[-1].strip()
-        reason = (text.splitlines() or [''])[0].split('. ')[0][:120]
+        # torch's first sentence (without its weights-only preamble)
+        reason = torch_load_reason(error).split('. ')[0][:120]
         reason = f'{type(error).__name__}: {reason}' if reason else type(error).__name__
         bytes_text = f'{size:,} bytes, ' if size is not None else ''
         what = (f'it is truncated or not a torch checkpoint ({bytes_text}{reason}); '

@@ -13,8 +13,10 @@ source (``init_cfg=dict(type='Pretrained')``, ``load_from``,
 ``load_state_dict`` pre-hook (see :func:`install_trunk_check`) compares the
 incoming trunk keys and shapes with the backbone's, after the parent's own
 pre-hooks (position-embedding and relative-position-table resizing, the
-final-norm rename), and raises :class:`TrunkMismatchError` naming the file,
-the number of missing and mismatched tensors, a few of them and what to do.
+final-norm rename), checks that every tensor it loads into the trunk and the
+side network is finite (no NaN, no inf), and raises :class:`TrunkMismatchError`
+naming the file, the number of missing, mismatched and non-finite tensors, a
+few of them and what to do.
 Keys that legitimately differ are not trunk keys: the side network
 (``csn.*``), the head and neck (outside the backbone), buffers recomputed at
 build time (``relative_position_index``), unexpected extra keys.
@@ -29,7 +31,14 @@ A backbone records where its trunk came from in ``trunk_source``;
 :func:`check_trunks_loaded` (run by ``TrunkCheckHook`` when training starts)
 refuses to train a frozen trunk that was never loaded, unless the backbone
 was built with ``allow_random_trunk=True``.
+
+A whole model loaded from a checkpoint that holds the trunk but no trained
+side network (or nothing outside the backbone, i.e. no head) is fine to
+fine-tune but predicts from untrained tensors: the first prediction (a
+forward in eval mode before any training forward) logs one warning line
+naming the file (see :func:`clear_untrained_load`).
 """
+import logging
 import re
 import weakref
 from collections import deque
@@ -43,7 +52,7 @@ from mmengine.logging import print_log
 __all__ = [
     'TrunkMismatchError', 'TrunkNotLoadedError', 'UntrainedCheckpointError',
     'install_trunk_check', 'remember_checkpoint', 'check_trunk_state', 'check_trunks_loaded',
-    'untrained_in_checkpoint', 'trunk_shapes'
+    'untrained_in_checkpoint', 'trunk_shapes', 'nonfinite_tensors', 'clear_untrained_load'
 ]
 
 # Buffers a backbone recomputes from its config; a checkpoint need not hold them
@@ -53,7 +62,8 @@ _EXAMPLES = 3
 
 
 class TrunkMismatchError(ValueError):
-    """A checkpoint lacks trunk tensors of a frozen backbone or has other shapes."""
+    """A checkpoint lacks trunk tensors of a frozen backbone, has other
+    shapes or non-finite values."""
 
 
 class TrunkNotLoadedError(RuntimeError):
@@ -169,6 +179,32 @@ def trunk_shapes(backbone: nn.Module) -> Dict[str, torch.Size]:
     }
 
 
+def nonfinite_tensors(state: Mapping, keys: Optional[Iterable[str]] = None) -> List[str]:
+    """The floating-point tensors of ``state`` that hold NaN or inf.
+
+    Args:
+        state (Mapping): Name -> tensor (other values are skipped).
+        keys (Iterable[str], optional): The names to check. Defaults to all.
+
+    Returns:
+        list[str]: ``'name (n NaN, m inf)'`` for each, in ``keys`` order.
+    """
+    found = []
+    for key in (state if keys is None else keys):
+        value = state.get(key)
+        if not torch.is_tensor(value) or value.is_meta or not (
+                value.is_floating_point() or value.is_complex()):
+            continue
+        finite = torch.isfinite(value)
+        if bool(finite.all()):
+            continue
+        nan = int(torch.isnan(value).sum())
+        inf = int(finite.numel() - int(finite.sum())) - nan
+        counts = [f'{n} {what}' for n, what in ((nan, 'NaN'), (inf, 'inf')) if n]
+        found.append(f'{key} ({", ".join(counts)})')
+    return found
+
+
 def _examples(items: List[str]) -> str:
     more = ', ...' if len(items) > _EXAMPLES else ''
     return ', '.join(items[:_EXAMPLES]) + more
@@ -222,7 +258,8 @@ def check_trunk_state(backbone: nn.Module,
                       state_dict: Mapping,
                       prefix: str = '',
                       allow_partial: bool = False) -> Optional[str]:
-    """Check that ``state_dict`` holds the whole trunk of ``backbone``.
+    """Check that ``state_dict`` holds the whole trunk of ``backbone``, with
+    finite values (the side network's too).
 
     Args:
         backbone (nn.Module): A DTL backbone.
@@ -230,14 +267,16 @@ def check_trunk_state(backbone: nn.Module,
             belong to the backbone).
         prefix (str): The backbone's prefix in ``state_dict`` (e.g.
             ``'backbone.'`` for a classifier). Defaults to ''.
-        allow_partial (bool): Warn instead of raising. Defaults to False.
+        allow_partial (bool): Warn instead of raising (also for non-finite
+            values). Defaults to False.
 
     Returns:
         str | None: The file the trunk came from (``'a state dict in memory'``
         when unknown), None when nothing was loaded into the trunk.
 
     Raises:
-        TrunkMismatchError: Trunk tensors are missing or have other shapes.
+        TrunkMismatchError: Trunk tensors are missing or have other shapes,
+            or trunk or side-network tensors hold NaN or inf.
     """
     required = trunk_shapes(backbone)
     local = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
@@ -248,27 +287,44 @@ def check_trunk_state(backbone: nn.Module,
         for k, shape in required.items()
         if k in local and torch.is_tensor(local[k]) and local[k].shape != shape
     ]
+    # Values too: the trunk and the side network it brings (a run that diverged
+    # writes both); a NaN is as fatal to a frozen trunk as a missing tensor.
+    loaded = [k for k in local if k in required or k.startswith('csn.')]
+    nonfinite = nonfinite_tensors(local, loaded)
     source = _find_source(local)
     filename = source.filename if source is not None else None
-    if not missing and not mismatched:
+    if not missing and not mismatched and not nonfinite:
         return filename or 'a state dict in memory'
 
     where = f'model.{prefix[:-1]}' if prefix else 'the backbone'
     what = f'checkpoint {filename}' if filename else 'state dict being loaded'
-    problems = []
-    if missing:
-        problems.append(f'{len(missing)} of its {len(required)} tensors are missing '
-                        f'({_examples(missing)})')
-    if mismatched:
-        of = '' if missing else f' of its {len(required)} tensors'
-        problems.append(f'{len(mismatched)}{of} have another shape ({_examples(mismatched)})')
-    keys = source.keys if source is not None else list(state_dict)
-    kind = source.kind if source is not None else 'plain'
-    message = (f'The {what} does not fit the frozen trunk of {type(backbone).__name__} '
-               f'({where}): {" and ".join(problems)}. '
-               f'{_layout_hint(keys, kind, prefix, missing, mismatched)} A frozen trunk '
-               f'never recovers from weights that do not fit; to load a partial trunk on '
-               f'purpose, set allow_partial_trunk=True in the backbone config.')
+    owner = f'{type(backbone).__name__} ({where})'
+    fix = 'To load it anyway, set allow_partial_trunk=True in the backbone config.'
+    if not missing and not mismatched:
+        message = (f'The {what} holds non-finite values (NaN or inf) in {len(nonfinite)} of '
+                   f'the {len(loaded)} tensors it loads into {owner}: {_examples(nonfinite)}. '
+                   f'Training or predicting with them gives NaN. The file is damaged or was '
+                   f'written by a run that diverged: re-convert or re-download it, or take an '
+                   f'earlier checkpoint of that run. {fix}')
+    else:
+        problems = []
+        if missing:
+            problems.append(f'{len(missing)} of its {len(required)} tensors are missing '
+                            f'({_examples(missing)})')
+        if mismatched:
+            of = '' if missing else f' of its {len(required)} tensors'
+            problems.append(f'{len(mismatched)}{of} have another shape '
+                            f'({_examples(mismatched)})')
+        if nonfinite:
+            problems.append(f'{len(nonfinite)} hold non-finite values (NaN or inf: '
+                            f'{_examples(nonfinite)})')
+        keys = source.keys if source is not None else list(state_dict)
+        kind = source.kind if source is not None else 'plain'
+        message = (f'The {what} does not fit the frozen trunk of {owner}: '
+                   f'{" and ".join(problems)}. '
+                   f'{_layout_hint(keys, kind, prefix, missing, mismatched)} A frozen trunk '
+                   f'never recovers from weights that do not fit; to load a partial trunk on '
+                   f'purpose, set allow_partial_trunk=True in the backbone config.')
     if not allow_partial:
         raise TrunkMismatchError(message)
     print_log(f'{message} (allow_partial_trunk=True: loading it anyway)', logger='current',
@@ -280,6 +336,69 @@ def _trunk_pre_hook(module: nn.Module, state_dict, prefix, *args, **kwargs) -> N
     source = check_trunk_state(module, state_dict, prefix, module.allow_partial_trunk)
     if source is not None:
         module.trunk_source = source
+    _note_untrained_load(module, state_dict, prefix)
+
+
+# ---------------------------------------------------------------------------
+# A model loaded without its trained side network or head
+# ---------------------------------------------------------------------------
+
+
+def _note_untrained_load(backbone: nn.Module, state_dict: Mapping, prefix: str) -> None:
+    """Remember a whole-model load that brought the trunk but no trained side
+    network (or nothing outside the backbone: no head).
+
+    Only loads of a whole model count (``prefix``: the backbone is a part);
+    a backbone loaded alone (``init_cfg``, :func:`load_backbone_weights`)
+    gets its side network and head elsewhere. Such a model is right to
+    fine-tune, so nothing is said at load time: the first forward in eval
+    mode (a prediction) warns, a forward in train mode forgets it.
+    """
+    if not prefix or backbone.trunk_source is None:
+        return
+    csn = getattr(backbone, 'csn', None)
+    csn_keys = [f'{prefix}csn.{n}' for n, _ in csn.named_parameters()] \
+        if csn is not None else []
+    no_csn = bool(csn_keys) and not any(k in state_dict for k in csn_keys)
+    local = {k: v for k, v in state_dict.items() if k.startswith(prefix)}
+    source = _find_source({k[len(prefix):]: v for k, v in local.items()})
+    keys = [re.sub(r'^module\.', '', k) for k in source.keys] if source is not None else []
+    no_head = source is not None and not any(
+        not k.startswith((prefix, 'data_preprocessor.')) for k in keys)
+    clear_untrained_load(backbone)
+    if not no_csn and not no_head:
+        return
+    what = f'checkpoint {source.filename}' if source is not None else 'state dict loaded'
+    if no_head:
+        holds = (f'no trained side network ({prefix}csn.*) and no head' if no_csn
+                 else 'nothing outside the backbone (no head)')
+        effect = 'the head is randomly initialised and its predictions are meaningless'
+    else:
+        holds = f'no trained side network ({prefix}csn.*)'
+        effect = ('the side network is randomly initialised (a no-op) and the head was not '
+                  'trained with it: these are the pre-trained model\'s predictions, or '
+                  'meaningless ones if the head did not fit')
+    backbone._untrained_load = (
+        f'Predicting with model.{prefix[:-1]} loaded from {what}, which holds the trunk but '
+        f'{holds}: {effect}. Load the checkpoint training wrote (its work_dir\'s epoch_N.pth '
+        f'or best_*.pth) or a task file (mmdtl.engine.load_task_checkpoint).')
+    backbone._untrained_handle = backbone.register_forward_pre_hook(_untrained_forward_hook)
+
+
+def _untrained_forward_hook(module: nn.Module, args) -> None:
+    message = module.__dict__.get('_untrained_load')
+    clear_untrained_load(module)  # once: trained from here on, or warned
+    if message and not module.training:
+        print_log(message, logger='current', level=logging.WARNING)
+
+
+def clear_untrained_load(backbone: nn.Module) -> None:
+    """Forget that ``backbone``'s model was loaded without its trained side
+    network or head (e.g. a task file just brought them)."""
+    backbone.__dict__.pop('_untrained_load', None)
+    handle = backbone.__dict__.pop('_untrained_handle', None)
+    if handle is not None:
+        handle.remove()
 
 
 def install_trunk_check(backbone: nn.Module, allow_random_trunk: bool = False,
