@@ -173,3 +173,130 @@ def test_nested_use_stacks_one_mode():
         with packed_linears(FrozenLinearPacks(), x):  # other packs do stack
             assert modes() == 2
     assert not packs.is_active() and modes() == 0
+
+
+class FixedTimer:
+    """A timer of ``'auto'`` that runs what it is given once and reports a
+    fixed cost per path: decides the outcome without a clock."""
+
+    def __init__(self, packed, plain):
+        self.cost = dict(packed=packed, plain=plain)
+        self.calls = dict(packed=0, plain=0)
+
+    def __call__(self, path, fn):
+        fn()
+        self.calls[path] += 1
+        return self.cost[path]
+
+
+def auto_log(tmp_path, name):
+    from mmengine.logging import MMLogger
+    log_file = tmp_path / f'{name}.log'
+    MMLogger.get_instance(name, log_file=str(log_file))  # the current logger
+    return log_file
+
+
+@pytest.mark.parametrize('winner', ['packed', 'plain'])
+def test_auto_keeps_the_faster_kernels_with_the_same_results(winner, tmp_path):
+    images = torch.randn(2, 3, 32, 32)
+    plain = build(TINY_VIT)
+    auto = build(TINY_VIT, pack_frozen_weights='auto')
+    auto.load_state_dict(plain.state_dict())
+    packs = auto.frozen_linear_packs
+    timer = packs.timer = FixedTimer(packed=1.0 if winner == 'packed' else 3.0, plain=2.0)
+    log_file = auto_log(tmp_path, f'auto_{winner}')
+    with torch.no_grad():  # no training step: nothing measured yet
+        auto(images)
+    assert packs.use_packed is None and packs.decision is None
+    for seed in (1, 2, 3):  # the measured step, then the chosen kernels
+        assert_same(logits_and_grads(plain, images, seed), logits_and_grads(auto, images, seed))
+        assert packs.chosen == (winner == 'packed')
+    assert packs.use_packed == (winner == 'packed')
+    # Packed copies are held only when they are used.
+    assert (len(packs) > 0) == (winner == 'packed')
+    # 6 blocks x (qkv, proj, fc1, fc2), one shape each; blocks 4-5 (after
+    # M=3) also need the input gradient: 24 + 8 GEMMs per step and path,
+    # each shape timed once per path and kind.
+    decision = packs.decision
+    assert decision['calls'] == 24 and decision['shapes'] == 4
+    assert decision['input'] == (2, 3, 32, 32)
+    assert decision['plain_ms'] == pytest.approx(1e3 * 2.0 * 32)
+    if winner == 'packed':  # timed dispatch "cost": 1 - 2 < 0, none added
+        assert decision['packed_ms'] == pytest.approx(1e3 * 32)
+    else:
+        assert decision['packed_ms'] > 1e3 * 3.0 * 32
+    assert timer.calls == dict(packed=4 + 4 + 1, plain=4 + 4 + 1)
+    lines = [line for line in log_file.read_text().splitlines() if "='auto'" in line]
+    assert len(lines) == 1, lines
+    chosen = 'packed frozen linears chosen' if winner == 'packed' else \
+        'default (plain) frozen linears chosen'
+    assert f"DTLViT: pack_frozen_weights='auto': {chosen}" in lines[0]
+    assert f'packed {decision["packed_ms"]:.1f} ms vs plain {decision["plain_ms"]:.1f} ms' \
+        in lines[0]
+
+
+def test_auto_with_checkpointed_suffix_and_prefix_cache():
+    images = torch.randn(2, 3, 32, 32)
+    plain = build(TINY_VIT, drop_path_rate=0.0)
+    auto = build(TINY_VIT, drop_path_rate=0.0, pack_frozen_weights='auto',
+                 checkpoint_suffix=True, prefix_cache=dict(storage='memory'))
+    auto.load_state_dict(plain.state_dict())
+    auto.frozen_linear_packs.timer = FixedTimer(packed=1.0, plain=2.0)
+    expected = logits_and_grads(plain, images)
+    for _ in range(3):  # measured (fills the cache), then packed from the cache
+        assert_same(expected, logits_and_grads(auto, images))
+    assert auto.frozen_linear_packs.use_packed and auto.prefix_cache.hits == 4  # 2 x 2 images
+    # The measured step ran the whole prefix, so its shapes were timed.
+    assert auto.frozen_linear_packs.decision['calls'] == 24
+
+
+def test_auto_measures_with_the_real_clock(tmp_path):
+    """The default timer decides one way or the other, draws no random
+    numbers (the drop path of the next steps is unchanged) and logs it."""
+    images = torch.randn(2, 3, 32, 32)
+    plain = build(TINY_VIT)
+    auto = build(TINY_VIT, pack_frozen_weights='auto')
+    auto.load_state_dict(plain.state_dict())
+    log_file = auto_log(tmp_path, 'auto_clock')
+    for seed in (1, 2):
+        expected = logits_and_grads(plain, images, seed)
+        state = torch.random.get_rng_state()
+        assert_same(expected, logits_and_grads(auto, images, seed))
+        assert torch.equal(torch.random.get_rng_state(), state)
+    packs = auto.frozen_linear_packs
+    assert packs.use_packed in (True, False) and packs.use_packed == packs.chosen
+    assert packs.decision['packed_ms'] > 0 and packs.decision['plain_ms'] > 0
+    assert "pack_frozen_weights='auto'" in log_file.read_text()
+
+
+def test_auto_without_eligible_linears_keeps_the_default_kernels(tmp_path):
+    images = torch.randn(2, 3, 32, 32)
+    log_file = auto_log(tmp_path, 'auto_none')
+    # Full fine-tuning: every linear is trainable.
+    full = build(TINY_VIT, freeze_backbone=False, pack_frozen_weights='auto')
+    logits_and_grads(full, images)
+    assert full.frozen_linear_packs.chosen is False
+    # Under CPU autocast no call is exactly equivalent.
+    amp = build(TINY_VIT, pack_frozen_weights='auto')
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        amp(images)[-1].float().sum().backward()
+    assert amp.frozen_linear_packs.chosen is False and len(amp.frozen_linear_packs) == 0
+    assert log_file.read_text().count('no frozen fp32 linear ran on CPU') == 2
+
+
+def test_auto_option_values_and_copies():
+    with pytest.raises(ValueError, match=r"DTLViT: pack_frozen_weights='yes' is not one of "
+                                         r"False, True, 'auto'"):
+        build(TINY_VIT, pack_frozen_weights='yes')
+    with pytest.raises(ValueError, match="dtype='bfloat16' and pack_frozen_weights='auto'"):
+        build(TINY_VIT, frozen_weights_dtype='bfloat16', pack_frozen_weights='auto')
+    assert build(TINY_VIT, pack_frozen_weights=False).frozen_linear_packs is None
+    model = build(TINY_VIT, pack_frozen_weights='auto')
+    model.frozen_linear_packs.timer = FixedTimer(packed=1.0, plain=2.0)
+    logits_and_grads(model, torch.randn(2, 3, 32, 32))
+    assert model.frozen_linear_packs.chosen
+    # A copy measures again: it may run on another machine.
+    for copied in (copy.deepcopy(model.frozen_linear_packs),
+                   pickle.loads(pickle.dumps(model.frozen_linear_packs))):
+        assert copied.auto and copied.use_packed is None and copied.chosen is None
+        assert len(copied) == 0

@@ -14,7 +14,7 @@ and ``tools/analysis/memory_scaling.py`` compare; :func:`preset_options` turns
 a method name (``'dtl+ckpt+rp_half'``) into backbone arguments.
 """
 import dataclasses
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from ..frozen_dtype import parse_frozen_weights_dtype
 
@@ -42,9 +42,14 @@ class DTLOptions:
             per image and skip the prefix on a hit (see
             :class:`PrefixFeatureCache` for the keys, e.g.
             ``dict(storage='device')``). Defaults to None (no cache).
-        pack_frozen_weights (bool): On CPU, run the frozen linears on
+        pack_frozen_weights (bool | str): On CPU, run the frozen linears on
             oneDNN-packed weights (see :class:`FrozenLinearPacks`); no effect
-            on GPU or under autocast. Defaults to False.
+            on GPU or under autocast. ``'auto'`` times packed and default
+            kernels once, on the first training step's shapes, keeps the
+            faster and logs the choice in one line (whether packing pays
+            depends on the CPU and the PyTorch build); until then, and in
+            runs that never train, the default kernels run. Same results
+            either way. Defaults to False.
         frozen_weights_dtype (str, optional): Store the frozen Linear/Conv
             weights as ``'bfloat16'`` or ``'float16'`` (see
             :mod:`mmdtl.models.frozen_dtype`). Defaults to None (fp32).
@@ -59,7 +64,7 @@ class DTLOptions:
     checkpoint_suffix: bool = False
     recompute_prefix_taps: bool = False
     prefix_cache: Optional[dict] = None
-    pack_frozen_weights: bool = False
+    pack_frozen_weights: Union[bool, str] = False
     frozen_weights_dtype: Optional[str] = None
     allow_random_trunk: bool = False
     allow_partial_trunk: bool = False
