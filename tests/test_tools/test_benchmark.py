@@ -34,6 +34,30 @@ def test_benchmark_tool_tiny(tmp_path, repo_root):
     assert int(rows['linear']['trainable_backbone']) == 0
     assert (tmp_path / 'benchmark.md').read_text().count('|') > 20
     assert (tmp_path / 'benchmark.png').stat().st_size > 5000
+    # Every figure names the machine and the torch that measured it.
+    import torch
+    bench = load_benchmark(repo_root)
+    machine = bench.machine_info('cpu')
+    assert {r['device_name'] for r in rows.values()} == {machine['device_name']}
+    assert {r['torch_version'] for r in rows.values()} == {torch.__version__}
+    assert (f'Measured on {machine["device_name"]}, torch {torch.__version__}.'
+            in (tmp_path / 'benchmark.md').read_text())
+
+
+def test_machine_names_the_cpu_model(repo_root):
+    import os
+    import platform
+
+    import torch
+    name = load_benchmark(repo_root).cpu_name()
+    if os.path.isfile('/proc/cpuinfo'):
+        models = [line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
+                  if line.startswith('model name')]
+        if models:
+            assert name.startswith(models[0] + ' (family ')
+    else:
+        assert name.startswith(platform.processor() or platform.machine() or 'CPU')
+    assert f'{os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads' in name
 
 
 def load_benchmark(repo_root):

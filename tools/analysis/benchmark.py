@@ -34,7 +34,9 @@ which needs a prefix without drop path).
 
 It writes ``benchmark.md``, ``benchmark.csv`` and ``benchmark.png`` (memory vs
 trainable parameters, one marker per method, as in the paper's Figure 1)
-under ``--work-dir``. ``tools/analysis/memory_scaling.py`` estimates the
+under ``--work-dir``; the table and every CSV row name the machine (CPU model
+and threads, or GPU) and the PyTorch version that measured them, since step
+times (packing's gain above all) depend on both. ``tools/analysis/memory_scaling.py`` estimates the
 memory of the same steps for backbones too large to run.
 
 Example::
@@ -47,6 +49,7 @@ import argparse
 import csv
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -88,6 +91,8 @@ LORA_TARGETS = {'ConvNeXt': [dict(type='pointwise_conv1'), dict(type='pointwise_
 COLUMNS = ['method', 'trainable_backbone', 'trainable_total', 'activation_mb',
            'activation_vs_full', 'peak_mb', 'peak_kind', 'tensor_peak_mb', 'step_ms',
            'step_vs_full', 'epoch1_s', 'epoch2_s', 'infer_img_s']
+# What measured a row: in every CSV row, once above the markdown table.
+MACHINE_COLUMNS = ['device_name', 'torch_version']
 
 
 def _zoos() -> dict:
@@ -347,6 +352,40 @@ def run_isolated(args, method: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo``'s model name, with family and model
+    numbers, which tell generations apart where a hypervisor shows only
+    "AMD EPYC"), logical CPUs, torch threads and the vector ISA torch's
+    kernels use."""
+    fields = {}
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(':')
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get('model name') or platform.processor() or platform.machine() or 'CPU'
+    if 'cpu family' in fields and 'model' in fields:
+        name += f' (family {fields["cpu family"]} model {fields["model"]})'
+    isa = getattr(torch.backends.cpu, 'get_cpu_capability', lambda: None)()
+    return (f'{name}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads'
+            + (f', {isa}' if isa else ''))
+
+
+def machine_info(device: str) -> dict:
+    """:data:`MACHINE_COLUMNS` of ``device``: the GPU's name or
+    :func:`cpu_name`, and the PyTorch version (CUDA's too on a GPU)."""
+    if device.startswith('cuda'):
+        name = torch.cuda.get_device_name(torch.device(device))
+        version = f'{torch.__version__} (CUDA {torch.version.cuda})'
+    else:
+        name, version = cpu_name(), torch.__version__
+    return dict(device_name=name, torch_version=version)
+
+
 def add_ratios(rows: list) -> None:
     full = next((r for r in rows if r['method'] == 'full'), None)
     for row in rows:
@@ -372,15 +411,17 @@ def write_outputs(args, rows: list) -> dict:
                  ' + bf16 autocast' if args.cpu_bf16 and args.device == 'cpu' else ', fp32')
     name = Path(args.config).stem if args.config else args.arch
     title = f'{name}, {args.img_size}px, batch {args.batch_size}, {args.device}{precision}'
+    machine = machine_info(args.device)
     lines = [f'# Fine-tuning memory and speed: {title}', '',
+             f'Measured on {machine["device_name"]}, torch {machine["torch_version"]}.', '',
              '| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
     lines += ['| ' + ' | '.join(fmt(r[c]) for c in COLUMNS) + ' |' for r in rows]
     md = work_dir / 'benchmark.md'
     md.write_text('\n'.join(lines) + '\n')
     with open(work_dir / 'benchmark.csv', 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS + MACHINE_COLUMNS)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows([dict(row, **machine) for row in rows])
 
     import matplotlib
     matplotlib.use('Agg')
