@@ -35,7 +35,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmdtl  # noqa: F401  (registers DTL models, datasets, hooks)
-from mmdtl.engine.hooks import TrunkCheckHook
+from mmdtl.engine.hooks import NonFiniteLossError, NonFiniteLossHook, TrunkCheckHook
 from mmdtl.utils import (
     TrunkMismatchError,
     TrunkNotLoadedError,
@@ -51,6 +51,8 @@ from mmdtl.utils.config_checks import check_backbone_reaches_neck
 # it all, no traceback.
 CHECKPOINT_ERRORS = (TrunkMismatchError, TrunkNotLoadedError, UnreadableCheckpointError,
                      UnsafeCheckpointError, UntrainedCheckpointError)
+# ... and a loss or weights that became NaN/inf (iteration, epoch, where).
+TRAIN_ERRORS = CHECKPOINT_ERRORS + (NonFiniteLossError, )
 
 
 class CfgOptionsAction(DictAction):
@@ -427,9 +429,14 @@ def main():
         runner.register_hook(LogBatchAndLrHook(batch_line))
     if not any(isinstance(hook, TrunkCheckHook) for hook in runner.hooks):
         runner.register_hook(TrunkCheckHook())  # configs not based on ours (mmdet, mmseg)
+    # Configs not based on ours stop at a NaN loss too; an explicit
+    # `default_hooks.nonfinite_loss=None` keeps mmengine's behaviour.
+    if not any(isinstance(hook, NonFiniteLossHook) for hook in runner.hooks) and \
+            'nonfinite_loss' not in (cfg.get('default_hooks') or {}):
+        runner.register_hook(NonFiniteLossHook())
     try:
         runner.train()
-    except CHECKPOINT_ERRORS as e:
+    except TRAIN_ERRORS as e:
         raise SystemExit(f'{type(e).__name__}: {e}') from None
     if torch_dist.is_available() and torch_dist.is_initialized():
         # Every rank done first: a gloo rank torn down while another still

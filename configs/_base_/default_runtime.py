@@ -12,6 +12,9 @@ default_hooks = dict(
     visualization=dict(type='VisualizationHook', enable=False),
     # Refuse training a frozen trunk no checkpoint was loaded into.
     trunk_check=dict(type='TrunkCheckHook'),
+    # Stop at the first NaN/inf loss, before a checkpoint of it is written;
+    # stop=False trains on as mmengine does.
+    nonfinite_loss=dict(type='NonFiniteLossHook', stop=True),
 )
 
 env_cfg = dict(

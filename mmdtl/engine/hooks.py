@@ -4,17 +4,20 @@ import os.path as osp
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
-from mmengine.dist import master_only
+import torch
+from mmengine.dist import all_reduce, get_world_size, master_only
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS as ROOT_HOOKS
+from mmengine.runner import EpochBasedTrainLoop
 from mmpretrain.registry import HOOKS
 
 from mmdtl.utils.trunk_keys import (
     UntrainedCheckpointError,
     check_trunks_loaded,
+    nonfinite_tensors,
     untrained_in_checkpoint,
 )
 
@@ -66,6 +69,205 @@ class TrunkCheckHook(Hook):
     def before_test(self, runner) -> None:
         if self.check_test_checkpoint and self._untrained:
             raise UntrainedCheckpointError(self._untrained)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped: the loss, or the weights about to be saved, are not
+    finite (NaN or inf)."""
+
+
+def _examples(items, limit: int = 3) -> str:
+    return ', '.join(items[:limit]) + (', ...' if len(items) > limit else '')
+
+
+def _all_finite(value: Any) -> bool:
+    """Whether every tensor in ``value`` (nested tuples/lists/dicts) is finite."""
+    if torch.is_tensor(value):
+        return not value.is_floating_point() or bool(torch.isfinite(value).all())
+    if isinstance(value, Mapping):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_all_finite(v) for v in value)
+    return True
+
+
+def locate_nonfinite(model, data_batch) -> str:
+    """Where a non-finite loss first appears for ``data_batch``, from one
+    forward without gradients: the inputs (after the data preprocessor), the
+    frozen weights, the frozen trunk's output (side network switched off),
+    else the trained part (side network, neck, head or loss).
+
+    Args:
+        model (nn.Module): The model (a wrapper is unwrapped).
+        data_batch: The batch of the failing iteration.
+
+    Returns:
+        str: One clause for the stop line.
+    """
+    model = model.module if is_model_wrapper(model) else model
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            raw = data_batch.get('inputs') if isinstance(data_batch, Mapping) else None
+            if raw is not None and not _all_finite(raw):
+                return 'first non-finite: the images themselves (before the data preprocessor)'
+            data = model.data_preprocessor(data_batch, True)
+            inputs = data['inputs'] if isinstance(data, Mapping) else data[0]
+            if not _all_finite(inputs):
+                std = getattr(model.data_preprocessor, 'std', None)
+                zero = torch.is_tensor(std) and bool((std == 0).any())
+                return ('first non-finite: the inputs after model.data_preprocessor'
+                        + (' (its std has a 0: a division by zero)' if zero else ''))
+            params = dict(model.named_parameters())
+            frozen = {n: p for n, p in params.items() if not p.requires_grad}
+            frozen.update(model.named_buffers())
+            bad = nonfinite_tensors(frozen)
+            if bad:
+                return (f'first non-finite: {len(bad)} frozen tensor(s) of the model '
+                        f'({_examples(bad)}); they came with the weights it was loaded from')
+            backbone = getattr(model, 'backbone', None)
+            csn = getattr(backbone, 'csn', None)
+            trunk_frozen = backbone is not None and not any(
+                p.requires_grad for n, p in backbone.named_parameters()
+                if not n.startswith('csn.'))
+            if trunk_frozen:
+                model.eval()  # no dropout, no statistics updated
+                # The side network zeroed adds nothing: the trunk alone.
+                saved = {n: p.detach().clone() for n, p in csn.named_parameters()} \
+                    if csn is not None else {}
+                try:
+                    for _, p in (csn.named_parameters() if csn is not None else ()):
+                        p.data.zero_()
+                    out = backbone(inputs)
+                finally:
+                    for n, p in (csn.named_parameters() if csn is not None else ()):
+                        p.data.copy_(saved[n])
+                if not _all_finite(out):
+                    return ('first non-finite: the frozen trunk\'s output for this batch '
+                            '(its inputs and weights are finite: an overflow, e.g. in fp16?)')
+                return ('the inputs, the frozen trunk and its output are finite: the side '
+                        'network, neck, head or loss made it non-finite (too high a learning '
+                        'rate? try a lower lr or optim_wrapper.clip_grad)')
+            return ('the inputs and the frozen tensors are finite: the trained weights or the '
+                    'loss made it non-finite (too high a learning rate? try a lower lr or '
+                    'optim_wrapper.clip_grad)')
+    except Exception as e:  # the stop line matters more than the diagnosis
+        return f'where it first appeared is unknown ({type(e).__name__}: {e})'
+    finally:
+        model.train(was_training)
+
+
+@ROOT_HOOKS.register_module()
+class NonFiniteLossHook(Hook):
+    """Stop training at the first non-finite loss, before a checkpoint of
+    its weights is written.
+
+    mmengine trains on when the loss becomes NaN or inf: every later step is
+    NaN, the run exits 0, and its checkpoints (overwriting the good ones
+    with ``max_keep_ckpts``) hold non-finite weights. This hook checks the
+    loss of every training iteration (after the logger, before the
+    checkpoint hook) and the trainable weights before every checkpoint is
+    saved. The first non-finite value raises :class:`NonFiniteLossError`
+    with one line: the iteration, the epoch, the loss and where the
+    non-finite value first appears for that batch (one more forward, see
+    :func:`locate_nonfinite`). ``tools/train.py`` prints that line and exits
+    with status 1. Under several processes every rank stops at the same
+    iteration.
+
+    ``configs/_base_/default_runtime.py`` registers it as
+    ``default_hooks.nonfinite_loss``, and ``tools/train.py`` adds it to
+    configs that lack it (mmdet, mmseg). Registered in mmengine's root
+    ``HOOKS`` so configs of any scope can use it.
+
+    Args:
+        stop (bool): Stop at the first non-finite loss. False keeps
+            mmengine's behaviour (training goes on) and only logs one
+            warning line at the first one. Defaults to True.
+    """
+
+    # After LoggerHook (BELOW_NORMAL: the iteration is logged), before
+    # CheckpointHook (VERY_LOW).
+    priority = 'LOW'
+
+    def __init__(self, stop: bool = True):
+        self.stop = stop
+        self._warned = False
+
+    @staticmethod
+    def _losses(outputs) -> Dict[str, torch.Tensor]:
+        if not isinstance(outputs, Mapping):
+            return {}
+        return {k: v for k, v in outputs.items()
+                if torch.is_tensor(v) and v.is_floating_point() and 'loss' in k}
+
+    @staticmethod
+    def _last_checkpoint(runner) -> str:
+        # `last_checkpoint` names a complete file (the message hub's
+        # 'last_ckpt' already names the one being saved).
+        path = osp.join(runner.work_dir, 'last_checkpoint')
+        last = None
+        if osp.isfile(path):
+            with open(path, encoding='utf-8') as f:
+                last = f.read().strip()
+        if last and osp.isfile(last):
+            return f'the last checkpoint is {last}'
+        return 'no checkpoint has been written yet'
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        losses = self._losses(outputs)
+        if not losses:
+            return
+        total = losses.get('loss', next(iter(losses.values())))
+        bad = torch.tensor(0. if bool(torch.isfinite(total).all()) else 1.,
+                           device=total.device)
+        if get_world_size() > 1:  # every rank stops at the same iteration
+            all_reduce(bad, op='max')
+        if not bad.item():
+            return
+        values = ', '.join(f'{k}={v.detach().float().mean().item():.4g}'
+                           for k, v in losses.items())
+        if isinstance(runner.train_loop, EpochBasedTrainLoop):
+            try:
+                of = f' of {len(runner.train_dataloader)}'
+            except TypeError:
+                of = ''
+            when = (f'iteration {runner.iter + 1} (epoch {runner.epoch + 1}, batch '
+                    f'{batch_idx + 1}{of})')
+        else:
+            when = f'iteration {runner.iter + 1}'
+        if not bool(torch.isfinite(total).all()):
+            where = locate_nonfinite(runner.model, data_batch)
+        else:
+            where = 'another process had it'
+        if not self.stop:
+            if not self._warned:
+                runner.logger.warning(
+                    f'The training loss is not finite at {when}: {values}; {where}. '
+                    f'Training goes on (default_hooks.nonfinite_loss.stop=False).')
+                self._warned = True
+            return
+        raise NonFiniteLossError(
+            f'Training stopped: the loss is not finite at {when}: {values}; {where}. '
+            f'No checkpoint of these weights was written; {self._last_checkpoint(runner)}. '
+            f'To train on as mmengine does, set default_hooks.nonfinite_loss.stop=False.')
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        if not self.stop:
+            return
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        bad = nonfinite_tensors({n: p.detach() for n, p in model.named_parameters()
+                                 if p.requires_grad})
+        if not bad:
+            return
+        meta = checkpoint.get('meta') or {}
+        at = (f'epoch {meta["epoch"]}' if isinstance(runner.train_loop, EpochBasedTrainLoop)
+              and 'epoch' in meta else f'iteration {meta.get("iter", runner.iter)}')
+        raise NonFiniteLossError(
+            f'Training stopped before saving the checkpoint of {at}: {len(bad)} trained '
+            f'tensor(s) hold non-finite values ({_examples(bad)}) although every loss was '
+            f'finite (a gradient overflowed? try optim_wrapper.clip_grad). It was not '
+            f'written; {self._last_checkpoint(runner)}. To save it anyway, set '
+            f'default_hooks.nonfinite_loss.stop=False.')
 
 
 @HOOKS.register_module()
