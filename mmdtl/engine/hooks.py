@@ -1,6 +1,7 @@
 """Hooks of mmdtl."""
 import os
 import os.path as osp
+import re
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ from mmdtl.utils.trunk_keys import (
     untrained_in_checkpoint,
 )
 
-from .task_checkpoint import check_frozen_backbone, save_task_checkpoint
+from .task_checkpoint import check_frozen_backbone, read_task_file, save_task_checkpoint
 
 
 @ROOT_HOOKS.register_module()
@@ -282,6 +283,11 @@ class TaskCheckpointHook(Hook):
 
         custom_hooks = [dict(type='TaskCheckpointHook')]
 
+    Task files stay consistent with the checkpoints across a kill and
+    ``--resume``: on resuming, the task file of the checkpoint resumed from
+    is written if a kill left it out (missing or cut short), and the task
+    files already in the folder count towards ``max_keep_ckpts``.
+
     Args:
         interval (int, optional): Saving period; -1 disables the periodic
             files. Defaults to None: that of the run's ``CheckpointHook``
@@ -348,6 +354,50 @@ class TaskCheckpointHook(Hook):
         self._backbone_cfg = model_cfg.get('backbone')
         self._head_cfg = model_cfg.get('head')
         self._neck_cfg = model_cfg.get('neck')
+        if runner.iter > 0:  # resumed (before_train runs after the resume)
+            self._catch_up(runner, ckpt_hook)
+
+    def _periodic_name(self, step: int) -> str:
+        return f'task_{"epoch" if self.by_epoch else "iter"}_{step}.pth'
+
+    def _catch_up(self, runner, ckpt_hook) -> None:
+        """After a resume: the kept files, and the task file of the
+        checkpoint resumed from if a kill left it out."""
+        step = runner.epoch if self.by_epoch else runner.iter
+        pattern = re.compile(r'task_(?:epoch|iter)_(\d+)\.pth')
+        names = os.listdir(self.out_dir) if osp.isdir(self.out_dir) else []
+        steps = sorted(int(m.group(1)) for m in map(pattern.fullmatch, names)
+                       if m and m.group(0) == self._periodic_name(int(m.group(1))))
+        self._kept.extend(osp.join(self.out_dir, self._periodic_name(s))
+                          for s in steps if s <= step)
+        # Written at `step` by this hook? (`every_n_*`/`is_last_*` as at save
+        # time, when the counter was one lower.)
+        due = (self.interval > 0 and step - self.save_begin >= 0
+               and (step - self.save_begin) % self.interval == 0) or (
+                   self.save_last and step == (runner.max_epochs if self.by_epoch
+                                               else runner.max_iters))
+        if not due or ckpt_hook is None:
+            return
+        checkpoint = osp.join(ckpt_hook.out_dir, ckpt_hook.filename_tmpl.format(step))
+        path = osp.join(self.out_dir, self._periodic_name(step))
+        if not osp.isfile(checkpoint) or self._readable(path):
+            return
+        runner.logger.warning(f'{path} is missing or unreadable although {checkpoint} was '
+                              f'saved (a kill between the two?): writing it from the '
+                              f'resumed weights.')
+        counters = dict(epoch=runner.epoch - 1) if self.by_epoch else \
+            dict(iteration=runner.iter - 1)
+        self._save(runner, osp.basename(path), periodic=True, **counters)
+
+    @staticmethod
+    def _readable(path: str) -> bool:
+        if not osp.isfile(path):
+            return False
+        try:
+            read_task_file(path)
+        except Exception:  # cut short, or not a task file
+            return False
+        return True
 
     @staticmethod
     def _model(runner):
@@ -372,13 +422,17 @@ class TaskCheckpointHook(Hook):
         self._save(runner, self.final_name, periodic=False)
 
     @master_only
-    def _save(self, runner, filename: str, periodic: bool) -> None:
+    def _save(self, runner, filename: str, periodic: bool, epoch: Optional[int] = None,
+              iteration: Optional[int] = None) -> None:
         path = osp.join(self.out_dir, filename)
         dataset = getattr(runner.train_dataloader, 'dataset', None)
         classes = getattr(dataset, 'metainfo', {}).get('classes')
-        # The work dir names the task (MultiTaskDTL's default task name).
+        # The work dir names the task (MultiTaskDTL's default task name);
+        # epoch/iter as the hook sees them after that epoch/iteration.
         meta = dict(task_name=osp.basename(osp.normpath(runner.work_dir)),
-                    epoch=runner.epoch, iter=runner.iter, work_dir=runner.work_dir,
+                    epoch=runner.epoch if epoch is None else epoch,
+                    iter=runner.iter if iteration is None else iteration,
+                    work_dir=runner.work_dir,
                     experiment_name=runner.experiment_name,
                     time=time.strftime('%Y-%m-%d %H:%M:%S'))
         if runner.cfg is not None and runner.cfg.filename:
