@@ -1,16 +1,41 @@
-"""Image decoding as the DTL release does it: PIL, RGB, no EXIF rotation."""
+"""Image decoding: as the DTL release does it (PIL, RGB, no EXIF rotation),
+and mmcv's loader with errors that name the file."""
 import io
+import os
+import os.path as osp
 from typing import Optional
 
 import mmengine.fileio as fileio
 import numpy as np
-from mmcv.transforms import LoadImageFromFile
+from mmcv.transforms import LoadImageFromFile as MMCVLoadImageFromFile
 from mmpretrain.registry import TRANSFORMS
 from PIL import Image
 
+_CHECK = 'replace or remove it (tools/check_data.py checks every image of a data root)'
+
+
+def _first_line(error: BaseException) -> str:
+    text = (str(error).strip().splitlines() or [''])[0][:200]
+    return f'{type(error).__name__}: {text}' if text else type(error).__name__
+
+
+def read_error(owner: str, filename, error: BaseException) -> OSError:
+    """The file could not be read (missing, no permission, backend error)."""
+    return OSError(f'{owner}: cannot read image {filename}: {_first_line(error)}')
+
+
+def empty_error(owner: str, filename) -> OSError:
+    return OSError(f'{owner}: image file {filename} is empty (0 bytes); {_CHECK}.')
+
+
+def decode_error(owner: str, filename, size: Optional[int], reason: str) -> OSError:
+    """The bytes were read but are not an image (cut short, another format)."""
+    size_text = f' ({size} bytes)' if size is not None else ''
+    return OSError(f'{owner}: cannot decode image {filename}{size_text}: {reason}; {_CHECK}.')
+
 
 @TRANSFORMS.register_module()
-class LoadImageFromFilePIL(LoadImageFromFile):
+class LoadImageFromFilePIL(MMCVLoadImageFromFile):
     """Load an image the way torchvision's ``default_loader`` does.
 
     The DTL release reads every image with ``default_loader``:
@@ -85,18 +110,14 @@ class LoadImageFromFilePIL(LoadImageFromFile):
         try:
             img_bytes = fileio.get(filename, backend_args=self.backend_args)
         except Exception as e:
-            raise OSError(f'{owner}: cannot read image {filename}: {type(e).__name__}: {e}') \
-                from e
+            raise read_error(owner, filename, e) from e
         if not img_bytes:
-            raise OSError(f'{owner}: image file {filename} is empty (0 bytes); replace or '
-                          'remove it (tools/check_data.py checks every image of a data root).')
+            raise empty_error(owner, filename)
         try:
             with Image.open(io.BytesIO(img_bytes)) as image:
                 image = image.convert('RGB')  # as torchvision's default_loader
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
-            raise OSError(f'{owner}: cannot decode image {filename} ({len(img_bytes)} bytes): '
-                          f'{type(e).__name__}: {e}; replace or remove it '
-                          '(tools/check_data.py checks every image of a data root).') from e
+            raise decode_error(owner, filename, len(img_bytes), _first_line(e)) from e
         img = np.asarray(image)
         if self.channel_order == 'bgr':
             img = img[..., ::-1]
@@ -106,3 +127,60 @@ class LoadImageFromFilePIL(LoadImageFromFile):
         return (f'{type(self).__name__}(to_float32={self.to_float32}, '
                 f'channel_order={self.channel_order!r}, ignore_empty={self.ignore_empty}, '
                 f'backend_args={self.backend_args})')
+
+
+class LoadImageFromFile(MMCVLoadImageFromFile):
+    """mmcv's ``LoadImageFromFile``, with errors that name the file.
+
+    Decodes exactly as mmcv's loader (same arguments: ``color_type``,
+    ``imdecode_backend``, ``to_float32``, ``ignore_empty``, ...), but a
+    missing, empty (0 bytes) or undecodable file raises an ``OSError``
+    naming the file and what to do, instead of cv2's ``!buf.empty() in
+    function 'imdecode_'`` or an ``AssertionError``.
+
+    Registered under mmcv's own name in mmpretrain's registry (and in
+    mmdet's and mmseg's, where installed; see
+    ``mmdtl/datasets/transforms/__init__.py``), so that configs keep
+    ``type='LoadImageFromFile'``: mmpretrain's
+    ``ImageClassificationInferencer`` and mmdet's/mmseg's inference APIs find
+    and replace the loader by that name.
+    """
+
+    def transform(self, results: dict) -> Optional[dict]:
+        """Read ``results['img_path']`` into ``results['img']``.
+
+        Args:
+            results (dict): The result dict with ``img_path``.
+
+        Returns:
+            dict | None: The result dict with the image, or None for an
+            unreadable file with ``ignore_empty=True``.
+        """
+        try:
+            return super().transform(results)
+        except Exception as e:  # ignore_empty=True returned None above
+            raise self._error(results.get('img_path'), e) from e
+
+    def _error(self, filename, error: BaseException) -> OSError:
+        owner = type(self).__name__
+        local = isinstance(filename, (str, os.PathLike)) and self.backend_args is None \
+            and self.file_client_args is None
+        if isinstance(error, OSError) or (local and not osp.isfile(filename)):
+            return read_error(owner, filename, error)
+        size = osp.getsize(filename) if local else None
+        if size == 0:
+            return empty_error(owner, filename)
+        if isinstance(error, AssertionError):  # mmcv: the decoder returned None
+            reason = f'{self.imdecode_backend} could not decode it'
+        else:
+            reason = _first_line(error)
+        return decode_error(owner, filename, size, reason)
+
+
+def register_loader(registry) -> None:
+    """Make ``type='LoadImageFromFile'`` build :class:`LoadImageFromFile`
+    in ``registry`` (mmpretrain's, mmdet's, mmseg's transforms)."""
+    registry.register_module(name='LoadImageFromFile', module=LoadImageFromFile, force=True)
+
+
+register_loader(TRANSFORMS)
