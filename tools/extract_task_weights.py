@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         load_backbone_weights,
         save_task_checkpoint,
     )
-    from mmdtl.utils import TrunkMismatchError
+    from mmdtl.utils import TrunkMismatchError, UnreadableCheckpointError, UnsafeCheckpointError
     from mmdtl.utils.checkpoint import safe_torch_load
     from mmdtl.utils.trunk_keys import nonfinite_tensors
 
@@ -72,7 +72,11 @@ def main(argv=None) -> int:
     model_cfg.backbone = dict(model_cfg.backbone, init_cfg=None)
     model = MODELS.build(model_cfg)
 
-    checkpoint = safe_torch_load(args.checkpoint, map_location='cpu')
+    try:
+        checkpoint = safe_torch_load(args.checkpoint, map_location='cpu')
+    except (UnreadableCheckpointError, UnsafeCheckpointError) as e:
+        print(f'error: {e}', file=sys.stderr)  # names the file and what is wrong
+        return 1
     state = checkpoint.get('state_dict', checkpoint)
     state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
     try:  # the backbone checks its trunk and side network (keys, shapes, values)
