@@ -1,16 +1,21 @@
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
-# The dense-prediction codebases are optional: mmdtl (classification) imports
-# without them. tools/install.sh installs both, pinned as below.
-extras_require = {
-    'mmdet': ['mmdet==3.3.0'],
-    # mmseg.models imports ftfy and regex, which mmsegmentation does not require.
-    'mmseg': ['mmsegmentation==1.2.2', 'ftfy', 'regex'],
-}
-extras_require['all'] = sorted({r for reqs in extras_require.values() for r in reqs})
+# One list of requirements, read without importing mmdtl (or torch):
+# mmdtl/requirements.py, which `import mmdtl` also checks.
+requirements = {}
+exec(Path(__file__).with_name('mmdtl').joinpath('requirements.py').read_text(), requirements)
+lines = requirements['requirement_lines']
+extras_require = {name: lines(specs) for name, specs in requirements['EXTRAS'].items()}
+extras_require['all'] = sorted({r for name in ('mmdet', 'mmseg') for r in extras_require[name]})
 
 setup(
     name='mmdtl',
     version='0.1.0',
+    description='Disentangled Transfer Learning (DTL, AAAI 2024) for OpenMMLab',
+    license='Apache-2.0',
+    python_requires='>=3.9',
     packages=find_packages(include=['mmdtl', 'mmdtl.*']),
+    install_requires=lines(requirements['REQUIRED']),
     extras_require=extras_require)

@@ -30,8 +30,6 @@ $PIP install -q "setuptools<82" wheel
 # The CPU-only '+cpu' wheel breaks torchvision's import; exclude it explicitly.
 $PIP install -q "setuptools<82" "torch==$TORCH_VERSION,!=$TORCH_VERSION+cpu" "torchvision==$TORCHVISION_VERSION"
 # setuptools is pinned in every call: some dependencies would upgrade it.
-$PIP install -q "setuptools<82" "mmengine==0.10.7" "mmpretrain==1.2.0" "mmdet==3.3.0" \
-    "mmsegmentation==1.2.2" ftfy regex pytest ruff scikit-learn
 
 # mmcv's setup.py compiles CUDA ops when torch sees a GPU or FORCE_CUDA=1.
 OPS_KIND=$($VENV/bin/python -c "import os, torch; print('cuda' if torch.cuda.is_available() or os.environ.get('FORCE_CUDA') == '1' else 'cpu')")
@@ -47,7 +45,9 @@ if ! $VENV/bin/python -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MM
     # mmcv's own light dependencies (no-deps above keeps pip from resolving torch again)
     $PIP install -q "setuptools<82" addict packaging Pillow pyyaml regex yapf opencv-python
 fi
-$PIP install -q --no-deps -e .
+# mmengine, mmpretrain, mmdet, mmseg and the test tools: the ranges setup.py
+# declares (mmdtl/requirements.py); torch and mmcv above already satisfy theirs
+$PIP install -q "setuptools<82" -e ".[all,tests]"
 $VENV/bin/python -c "import mmcv.ops, mmpretrain, mmdet, mmdtl, mmseg.models, mmseg.datasets, mmseg.evaluation"
 touch "$STAMP"
 echo "[install] ready: $VENV"
