@@ -20,8 +20,36 @@
 # Usage: bash tools/analysis/gpu_check.sh [WORK_DIR]   (default work_dirs/gpu_check)
 # Writes WORK_DIR/report.md (and the tools' own tables beside it); exits
 # non-zero if a step failed, after writing the report.
+#
+# The lent GPU machine has no network and no time to compile mmcv's ops; two
+# modes serve it (docs/gpu_check.md):
+#
+#   bash tools/analysis/gpu_check.sh --prepare-wheels DIR [--python-version 3.12]
+#       here, with PyPI: the wheel folder (<= 60 MiB) of mmdtl's pure-Python
+#       dependencies, mmcv 2.1.0 built without ops among them
+#       (tools/misc/prepare_gpu_wheels.py, run by ${PYTHON:-.venv/bin/python});
+#   bash tools/analysis/gpu_check.sh --offline [WORK_DIR] [--wheels DIR] [...]
+#       there: installs from the folder, then the CUDA tests, ViT-B and
+#       DINOv2-g benchmarks and estimates within 8 minutes, one report and a
+#       CSV (tools/analysis/gpu_check_offline.py, run by ${PYTHON:-python3},
+#       the machine's own interpreter and torch); without CUDA, a CPU
+#       rehearsal at small settings whose report says no GPU was available.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+
+case "${1:-}" in
+    --prepare-wheels)
+        shift
+        [ $# -ge 1 ] || { echo "usage: $0 --prepare-wheels DIR [--python-version 3.N]" >&2; exit 2; }
+        if [ -z "${PYTHON:-}" ]; then
+            PYTHON=python3
+            [ -x .venv/bin/python ] && PYTHON=.venv/bin/python
+        fi
+        exec "$PYTHON" tools/misc/prepare_gpu_wheels.py "$@" ;;
+    --offline)
+        shift
+        exec "${PYTHON:-python3}" tools/analysis/gpu_check_offline.py "$@" ;;
+esac
 
 OUT=${1:-work_dirs/gpu_check}
 export VENV=${VENV:-.venv-cuda}
