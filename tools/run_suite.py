@@ -120,6 +120,9 @@ class Run:
     seed: Optional[int] = None
     options: List[str] = field(default_factory=list)
     setting: Optional[str] = None  # ablation suites: the setting's name
+    # the epoch whose validation is the test (same loader; ablation suites):
+    # its metrics are read from the training log instead of running the test
+    test_is_val_at: Optional[int] = None
 
     @property
     def label(self) -> str:
@@ -186,6 +189,11 @@ def plan_runs(suite: str, configs: List[str], work_root: str, shots, seeds, val:
                             uses_best, options=options))
             continue
         if kind == 'ablation':
+            last_val_is_test = (not uses_best and cfg.get('val_dataloader') is not None
+                                and cfg.val_dataloader == cfg.get('test_dataloader')
+                                and cfg.get('val_evaluator') == cfg.get('test_evaluator')
+                                and cfg.train_cfg.max_epochs % cfg.train_cfg.get(
+                                    'val_interval', 1) == 0)
             for setting in settings:
                 setting_dir = osp.join(suite_dir, setting_folder(setting.name), stem)
                 for seed in seeds:
@@ -193,7 +201,9 @@ def plan_runs(suite: str, configs: List[str], work_root: str, shots, seeds, val:
                     runs.append(Run(path, stem, method, cfg.get('task', name), run_dir, run_dir,
                                     uses_best, seed=seed, setting=setting.name,
                                     options=options + setting.cfg_options() +
-                                    [f'randomness.seed={seed}']))
+                                    [f'randomness.seed={seed}'],
+                                    test_is_val_at=(cfg.train_cfg.max_epochs
+                                                    if last_val_is_test else None)))
             continue
         dataset = cfg.get('dataset_name', name) if kind == 'few-shot' else dg_test_sets(cfg)
         run_shots = shots or ([cfg.get('shot', 16)] if kind == 'dg' else list(FEW_SHOT_SHOTS))
@@ -351,6 +361,21 @@ def find_checkpoint(run: Run) -> str:
     return path
 
 
+def last_validation(run: Run) -> Optional[dict]:
+    """The metrics of the validation at epoch ``run.test_is_val_at`` in the
+    newest training log (``<timestamp>/vis_data/scalars.json``), or None."""
+    logs = sorted(glob.glob(osp.join(run.run_dir, '*', 'vis_data', 'scalars.json')),
+                  key=osp.getmtime)
+    for path in reversed(logs):
+        with open(path) as f:
+            entries = [json.loads(line) for line in f if line.strip()]
+        for entry in reversed(entries):
+            if entry.get('step') == run.test_is_val_at and TOP1 in entry:
+                return {k: v for k, v in entry.items() if isinstance(v, (int, float))
+                        and k not in ('time', 'data_time', 'memory', 'step')}
+    return None
+
+
 def find_test_metrics(run_dir: str, since: float) -> Optional[dict]:
     """The metrics tools/test.py wrote (``<timestamp>/<timestamp>.json``)."""
     newest = None
@@ -438,6 +463,18 @@ def run_one(run: Run, index: int, total: int, launch: Launch, verbose: bool,
     except RuntimeError as e:
         print(f'{head}: FAILED: {e}', flush=True)
         return False
+    metrics = last_validation(run) if run.test_is_val_at else None
+    if metrics:
+        record = dict(config=osp.relpath(run.config, REPO), method=run.method,
+                      dataset=run.dataset, shot=run.shot, seed=run.seed, checkpoint=checkpoint,
+                      metrics=metrics, options=run.options,
+                      metrics_from=f'validation of epoch {run.test_is_val_at} (the test '
+                      'loader is the val loader)',
+                      minutes=round((time.time() - start) / 60, 2))
+        write_json(results, record)
+        print(f'{head}: {", ".join(f"{k}={v:.2f}" for k, v in metrics.items())} '
+              f'(last validation = test)', flush=True)
+        return True
     print(f'{head}: testing {osp.basename(checkpoint)}{where}', flush=True)
     log = osp.join(run.run_dir, 'run_suite_test.log')
     since = time.time()

@@ -107,3 +107,20 @@ def test_vtab_suite_tries_every_kernel_around_the_per_task_kernels(tmp_path):
     assert len(runs) == len(settings) * 19
     text = run_suite.collect_ablation('ablation-vtab-vit', runs, str(tmp_path), write=False)
     assert '| base | M=6, rank 2, k per task, taps 0-11 |' in text
+
+
+def test_last_validation_stands_for_the_test_when_the_loaders_are_one(tmp_path):
+    run = next(r for r in plan(tmp_path) if r.setting == 'rank=8' and r.seed == 1)
+    assert run.test_is_val_at == 10  # the demo validates on its test split at epoch 10
+    assert run_suite.last_validation(run) is None
+    log = Path(run.run_dir) / '20260101_000000' / 'vis_data' / 'scalars.json'
+    log.parent.mkdir(parents=True)
+    log.write_text('\n'.join(json.dumps(e) for e in [
+        {'loss': 1.0, 'step': 30}, {'accuracy/top1': 50.0, 'step': 5},
+        {'accuracy/top1': 87.5, 'data_time': 0.1, 'time': 0.3, 'step': 10}]) + '\n')
+    assert run_suite.last_validation(run) == {'accuracy/top1': 87.5}
+    # the released VTAB-1k recipe validates on its test split every epoch too
+    vtab = run_suite.plan_runs('ablation-vtab-vit', run_suite.suite_configs(
+        'ablation-vtab-vit', ['configs/dtl/vtab/vit-b_dtl+_cifar.py']), str(tmp_path), None,
+        [0], False, [], None)
+    assert {r.test_is_val_at for r in vtab} == {110}
