@@ -235,3 +235,43 @@ def test_cpu_fallback_end_to_end(repo_root, tmp_path):
     assert measured > 0 and estimated > 0
     assert float(rows[0]['measured_vs_estimate']) == pytest.approx(
         measured / estimated - 1, abs=0.005)
+
+
+def test_a_step_out_of_time_ends_its_whole_process_group(offline, tmp_path):
+    import time
+    steps = offline.Steps({'slow': 10, 'after': 2}, time.monotonic() + 8, tmp_path / 'log',
+                          dict(os.environ))
+    pid_file = tmp_path / 'child.pid'
+    # The limit is what is left less the later step's budget: 6 s, not 10.
+    assert 5 < steps.limit('slow') <= 6
+    tic = time.monotonic()
+    assert not steps.run('slow', ['sh', '-c', f'sleep 60 & echo $! > {pid_file}; wait'],
+                         output=tmp_path / 'slow.log')
+    assert time.monotonic() - tic < 20
+    assert steps.results[-1]['result'].startswith('TIMED OUT after')
+    time.sleep(0.5)
+    stat = f'/proc/{pid_file.read_text().strip()}/stat'
+    # The grandchild is gone too (or a zombie its new parent has yet to reap).
+    assert not os.path.exists(stat) or open(stat).read().rsplit(')', 1)[1].split()[0] == 'Z'
+    steps.skip('after', 'by --skip', fine=True)
+    assert not steps.ok  # the timeout counts, the asked-for skip does not
+    # Parts of a step share its budget by weight.
+    more = offline.Steps({'a': 10, 'b': 30}, time.monotonic() + 100, tmp_path / 'log', {})
+    more.split('b', [('b 1/2', 2), ('b 2/2', 1)])
+    assert more.order == ['a', 'b 1/2', 'b 2/2'] and more.budgets['b 1/2'] == 20
+
+
+def test_benchmark_parts_merge_in_method_order(offline, tmp_path):
+    columns = ['method', 'activation_mb', 'activation_vs_full', 'step_ms', 'step_vs_full']
+    for part, rows in (('part1', [['full', 100, 1, 50, 1], ['lora', 60, 1, 40, 1]]),
+                       ('part3', [['dtl+', 20, 1, 25, 1]])):  # part2 ran out of time
+        (tmp_path / part).mkdir()
+        with open(tmp_path / part / 'benchmark.csv', 'w', newline='') as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            writer.writerows(rows)
+    offline.merge_benchmark_parts(tmp_path, ['full', 'lora', 'dtl', 'dtl+'])
+    merged = list(csv.DictReader(open(tmp_path / 'benchmark.csv')))
+    assert [r['method'] for r in merged] == ['full', 'lora', 'dtl+']
+    assert float(merged[2]['activation_vs_full']) == 0.2
+    assert float(merged[2]['step_vs_full']) == 0.5

@@ -71,10 +71,16 @@ PROFILES = {
                 precision='bf16 autocast (the bytes of fp16 AMP)', peak_column='tensor_peak_mb',
                 peak_kind='CPU tensor peak (profiler)'),
 }
-# Step budgets in seconds (sum 475 of the default 480; the rest is the probe
-# and the report). Unused time passes to later steps.
-BUDGETS = {'install': 45, 'verify': 30, 'cuda tests': 60, 'benchmark main': 150,
-           'benchmark giant': 130, 'estimates main': 30, 'estimates giant': 30}
+# Step budgets in seconds of the default 480 (sum 465; the rest is the
+# interpreter probe and the report), scaled to --budget-s. Time a step leaves
+# unused passes to the later ones; a step never eats into their budgets.
+BUDGETS = {'install': 30, 'verify': 25, 'cuda tests': 60, 'benchmark main': 190,
+           'benchmark giant': 110, 'estimates main': 25, 'estimates giant': 25}
+DEFAULT_BUDGET_S = {'cuda': 480., 'cpu': 900.}
+# Methods per benchmark.py call: a call that runs out of time loses only its
+# own rows (benchmark.py writes its table at the end). One per call for the
+# giant, whose three rows are the point.
+CHUNK = {'main': 5, 'giant': 1}
 SKIPPABLE = ('tests', 'giant', 'estimates')
 # Roots of the wheel folder (no other wheel requires them): the exact pinned
 # version unless listed here. setuptools: any release that still has
@@ -315,15 +321,31 @@ def verify_environment(site, giant_arch: str) -> dict:
 
 # ---------------------------------------------------------------- steps
 class Steps:
-    """Runs commands with time limits inside one budget; records results."""
+    """Runs commands with time limits inside one budget; records results.
 
-    def __init__(self, order: list, budget_s: float, log_path: Path, env: dict):
-        self.order = list(order)
-        self.deadline = time.monotonic() + budget_s
-        self.budget_s = budget_s
+    Args:
+        budgets (dict): Step name -> seconds, in the order the steps run.
+        deadline (float): ``time.monotonic()`` by which every step must end.
+        log_path (Path): The log every step appends to.
+        env (dict): The environment of the commands.
+    """
+
+    def __init__(self, budgets: dict, deadline: float, log_path: Path, env: dict):
+        self.budgets = dict(budgets)
+        self.order = list(budgets)
+        self.deadline = deadline
         self.log_path = log_path
         self.env = env
         self.results = []
+
+    def split(self, name: str, parts: list) -> None:
+        """Replace step ``name`` by ``parts`` ((name, weight) pairs) that
+        share its budget by weight."""
+        total = sum(weight for _, weight in parts)
+        at = self.order.index(name)
+        self.order[at:at + 1] = [part for part, _ in parts]
+        budget = self.budgets.pop(name)
+        self.budgets.update({part: budget * weight / total for part, weight in parts})
 
     def log(self, text: str) -> None:
         with open(self.log_path, 'a') as f:
@@ -333,7 +355,7 @@ class Steps:
         """This step's limit: what is left of the budget less the budgets of
         the steps still to come (time a step leaves passes to the next)."""
         later = self.order[self.order.index(name) + 1:]
-        return self.deadline - time.monotonic() - sum(BUDGETS[n] for n in later)
+        return self.deadline - time.monotonic() - sum(self.budgets[n] for n in later)
 
     def skip(self, name: str, why: str, fine: bool = False) -> None:
         """Record ``name`` as not run; ``fine``: asked for, not a failure."""
@@ -345,7 +367,7 @@ class Steps:
     def run(self, name: str, cmd: list, output: Path = None, env: dict = None) -> bool:
         limit = self.limit(name)
         if limit < 5:
-            self.skip(name, f'no time left in the {self.budget_s:g} s budget')
+            self.skip(name, 'no time left in the budget (--budget-s)')
             return False
         self.log(f'[gpu_check] {name} (limit {limit:.0f} s): $ ' + ' '.join(map(str, cmd)))
         print(f'[gpu_check] {name} (limit {limit:.0f} s) ...', flush=True)
@@ -384,6 +406,31 @@ class Steps:
 
 
 # ---------------------------------------------------------------- report
+def merge_benchmark_parts(bench_dir: Path, methods: list) -> None:
+    """``bench_dir/benchmark.csv``: the rows of the ``part*/benchmark.csv``
+    that finished, in ``methods`` order, ratios to full fine-tuning
+    recomputed across parts where full fine-tuning ran."""
+    rows, columns = {}, []
+    for part in sorted(bench_dir.glob('part*/benchmark.csv')):
+        with open(part, newline='') as f:
+            reader = csv.DictReader(f)
+            columns += [c for c in reader.fieldnames if c not in columns]
+            rows.update((row['method'], row) for row in reader)
+    if not rows:
+        return
+    full = rows.get('full')
+    for row in rows.values():
+        if full is not None:
+            for column, base in (('activation_vs_full', 'activation_mb'),
+                                 ('step_vs_full', 'step_ms')):
+                if column in row and float(full[base]):
+                    row[column] = float(row[base]) / float(full[base])
+    with open(bench_dir / 'benchmark.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows[m] for m in methods if m in rows)
+
+
 def read_csv(path: Path) -> list:
     if not path.is_file():
         return []
@@ -495,9 +542,17 @@ def write_report(work_dir: Path, args, info: dict, env_info: dict, install_info:
                      f'{estimated} | {error} |')
     if not rows:
         lines.append('| (no measurements) | | | | | | |')
+    done = {(r['arch'], r['method']) for r in rows}
+    for arch, _, methods in runs:
+        lost = [m for m in methods if (arch, m) not in done]
+        if lost:
+            lines += ['', f'Not measured on {arch} (its benchmark.py call failed or ran out '
+                          f'of time, see Steps): {", ".join(lost)}.']
+    lines += ['', "## The tools' own tables"]
     for arch, _, _ in runs:
-        for tool in (f'benchmark_{arch}/benchmark.md', f'memory_scaling_{arch}/memory_scaling.md'):
-            path = work_dir / tool
+        tables = sorted((work_dir / f'benchmark_{arch}').glob('part*/benchmark.md'),
+                        key=lambda p: int(p.parent.name[4:]))
+        for path in tables + [work_dir / f'memory_scaling_{arch}' / 'memory_scaling.md']:
             if path.is_file():
                 lines += ['', re.sub(r'^# ', '### ', path.read_text(), flags=re.M).rstrip()]
     failed = [r for r in steps.results if r['result'] != 'ok' and not r.get('fine')]
@@ -520,9 +575,9 @@ def parse_args(argv=None):
                         'it, the packages the interpreter already has are used)')
     parser.add_argument('--site', help='where the wheels go (default WORK_DIR/site)')
     parser.add_argument('--device', choices=['auto', 'cuda', 'cpu'], default='auto')
-    parser.add_argument('--budget-s', type=float, default=480.,
-                        help='seconds for all steps (default 480: the 8 minutes of the '
-                             'machine\'s 15 left after its start)')
+    parser.add_argument('--budget-s', type=float,
+                        help='seconds for the whole check (default 480 on a GPU: 8 of the '
+                             'machine\'s 15 minutes; 900 for the CPU fallback)')
     parser.add_argument('--methods', nargs='+',
                         help='methods of the main backbone (default: every method of '
                              'benchmark.py)')
@@ -533,7 +588,7 @@ def parse_args(argv=None):
                         help='steps to leave out (quick rehearsals)')
     parser.add_argument('--verify-env', help=argparse.SUPPRESS)  # the child of 'verify'
     args = parser.parse_args(argv)
-    if args.budget_s <= 0:
+    if args.budget_s is not None and args.budget_s <= 0:
         parser.error('--budget-s must be > 0')
     return args
 
@@ -570,7 +625,12 @@ def main(argv=None):
         paths.append(os.environ['PYTHONPATH'])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED='1',
                MPLBACKEND='Agg')
-    steps = Steps(BUDGETS, args.budget_s, log_path, env)
+    if args.budget_s is None:
+        args.budget_s = DEFAULT_BUDGET_S[args.device]
+    scale = args.budget_s / DEFAULT_BUDGET_S['cuda']
+    # The probe counts; 5 s stay for the report.
+    steps = Steps({n: b * scale for n, b in BUDGETS.items()},
+                  started + args.budget_s - 5, log_path, env)
     where = f'GPU {info["gpu"]}' if args.device == 'cuda' else 'no GPU: CPU fallback'
     print(f'[gpu_check] {where}; Python {info["python"]}, torch {info["torch"]}; '
           f'work dir {work_dir}', flush=True)
@@ -628,12 +688,20 @@ def main(argv=None):
         if not usable:
             steps.skip(name, incomplete)
             continue
-        steps.run(name, [python, 'tools/analysis/benchmark.py', '--arch', arch,
-                         '--methods', *methods, '--batch-size', profile['batch_size'],
-                         '--img-size', img, '--device', args.device,
-                         '--warmup', profile['warmup'], '--repeats', profile['repeats'],
-                         *profile['bench_args'], '--work-dir', work_dir / f'benchmark_{arch}'],
-                  output=work_dir / f'benchmark_{arch}.log')
+        chunks = [methods[i:i + CHUNK[key]] for i in range(0, len(methods), CHUNK[key])]
+        parts = [(f'{name} {i}/{len(chunks)}' if len(chunks) > 1 else name, len(chunk))
+                 for i, chunk in enumerate(chunks, 1)]
+        steps.split(name, parts)
+        bench_dir = work_dir / f'benchmark_{arch}'
+        shutil.rmtree(bench_dir, ignore_errors=True)
+        for i, ((part, _), chunk) in enumerate(zip(parts, chunks), 1):
+            steps.run(part, [python, 'tools/analysis/benchmark.py', '--arch', arch,
+                             '--methods', *chunk, '--batch-size', profile['batch_size'],
+                             '--img-size', img, '--device', args.device,
+                             '--warmup', profile['warmup'], '--repeats', profile['repeats'],
+                             *profile['bench_args'], '--work-dir', bench_dir / f'part{i}'],
+                      output=work_dir / f'benchmark_{arch}.log')
+        merge_benchmark_parts(bench_dir, methods)
 
     for key, arch, img, methods in runs:
         name = f'estimates {key}'
