@@ -1,6 +1,5 @@
 """The released recipe in the configs: head init, fp16 evaluation (fp32 on
 CPU), and one domain-generalization config per target with its own lr."""
-import importlib.util
 import math
 from pathlib import Path
 
@@ -11,16 +10,10 @@ from mmengine.registry import DefaultScope
 
 import mmdtl  # noqa: F401
 from mmdtl.datasets.domain_generalization import DG_TARGETS, canonical_dg_name
+from mmdtl.engine.launch import setup_amp, setup_eval_fp16
 
 REPO = Path(__file__).resolve().parents[1]
 DG = REPO / 'configs/dtl/domain_generalization'
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'{name}_tool', REPO / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def timm_trunc_normal_(tensor, std):
@@ -83,22 +76,19 @@ def test_vit_model_head_init_in_the_built_classifier():
     'configs/dtl/few_shot/vit-b_dtl_oxford-pets.py',
     'configs/dtl/domain_generalization/vit-b_dtl_imagenet.py',
 ])
-def test_evaluation_fp16_on_gpu_fp32_on_cpu(config, monkeypatch):
+def test_evaluation_fp16_on_gpu_fp32_on_cpu(config):
     """The configs evaluate under fp16 autocast (the release's validate());
     the tools turn it off where there is no GPU, saying so."""
     cfg = Config.fromfile(str(REPO / config))
     assert cfg.test_cfg.fp16 is True
     assert cfg.val_cfg is None or cfg.val_cfg.fp16 is True
-    train = load_tool('train')
 
-    monkeypatch.setattr(train, '_amp_capable', lambda: True)
     gpu_cfg, notes = Config.fromfile(str(REPO / config)), []
-    train.setup_eval_fp16(gpu_cfg, notes)
+    setup_eval_fp16(gpu_cfg, notes, gpu=True)
     assert gpu_cfg.test_cfg.fp16 is True and notes == []
 
-    monkeypatch.setattr(train, '_amp_capable', lambda: False)
     notes = []
-    train.setup_amp(cfg, False, notes)  # what tools/train.py runs
+    setup_amp(cfg, False, notes, gpu=False)  # what tools/train.py runs on CPU
     assert cfg.test_cfg.fp16 is False
     assert cfg.val_cfg is None or cfg.val_cfg.fp16 is False
     assert cfg.optim_wrapper.type == 'OptimWrapper'

@@ -9,30 +9,17 @@ Examples::
     bash tools/dist_test.sh CONFIG CKPT 8 [ARGS]          # torchrun
 """
 import argparse
-import inspect
 import os
-import os.path as osp
 
-import torch.distributed as torch_dist
 from mmengine.dist import is_main_process
-from mmengine.evaluator import DumpResults
-from mmengine.registry import HOOKS, RUNNERS
-from mmengine.runner import Runner
 
-import mmdtl  # noqa: F401  (registers DTL models, datasets, hooks)
-from mmdtl.engine.hooks import TrunkCheckHook
-from mmdtl.utils import register_safe_globals
-
-# isort: split
-# Config/launch helpers shared with the training tool (tools/ is sys.path[0]
-# when this file runs as a script).
-from train import (
+from mmdtl.apis import test
+from mmdtl.engine.launch import (
     CHECKPOINT_ERRORS,
     CfgOptionsAction,
-    _amp_capable,
-    load_config,
-    setup_cpu_distributed,
-    setup_eval_fp16,
+    add_launch_arguments,
+    finish_distributed,
+    one_line_errors,
 )
 
 
@@ -51,12 +38,7 @@ def parse_args():
         nargs='+',
         action=CfgOptionsAction,
         help='override settings in the config, e.g. test_dataloader.batch_size=8')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_launch_arguments(parser)
     args = parser.parse_args()
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
@@ -65,91 +47,19 @@ def parse_args():
     return args
 
 
-def enable_visualization(cfg, show_dir: str, config_path: str) -> None:
-    """Turn on the config's visualization hook, whichever codebase it is from.
-
-    mmpretrain's ``VisualizationHook`` takes ``enable``/``out_dir``,
-    mmdet's ``DetVisualizationHook`` takes ``draw``/``test_out_dir`` and
-    mmseg's ``SegVisualizationHook`` takes ``draw`` only and saves through the
-    visualizer (into ``show_dir/vis_data/vis_image/``); the hook's signature
-    decides.
-    """
-    vis = cfg.get('default_hooks', {}).get('visualization')
-    if vis is None:
-        raise SystemExit(f'--show-dir: {config_path} has no default_hooks.visualization hook.')
-    hook_type = vis['type']
-    if isinstance(hook_type, str):
-        with HOOKS.switch_scope_and_registry(cfg.get('default_scope')) as registry:
-            hook_type = registry.get(hook_type)
-    params = inspect.signature(hook_type).parameters if hook_type else {}
-    if 'test_out_dir' in params:
-        vis.update(draw=True, test_out_dir=show_dir)
-    elif 'out_dir' in params:
-        vis.update(enable=True, out_dir=show_dir)
-    elif 'draw' in params:
-        # every test image (the hook draws every `interval`-th batch)
-        vis.update(draw=True, interval=1)
-        cfg.visualizer['save_dir'] = show_dir
-    else:
-        raise SystemExit(f'--show-dir: cannot tell how to enable {vis["type"]} '
-                         f'(from {config_path}).')
-
-
 def main():
     args = parse_args()
-    # Weights-only loading that can resume mmengine checkpoints (explicit,
-    # as mmdet/mmseg configs may not import mmdtl).
-    register_safe_globals()
-    cfg = load_config(args.config, args.cfg_options)
-    notes = []
-
-    cfg.launcher = args.launcher
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
-
-    if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
-        raise SystemExit(f'Checkpoint not found: {args.checkpoint}')
-    cfg.load_from = args.checkpoint
-    cfg.resume = False
-
-    if args.show_dir is not None:
-        enable_visualization(cfg, args.show_dir, args.config)
-
-    # the released recipes evaluate under fp16 autocast: fp32 without a GPU
-    setup_eval_fp16(cfg, notes)
-
-    if args.launcher != 'none' and not _amp_capable():
-        setup_cpu_distributed(cfg, args.launcher, notes)
-
-    if 'runner_type' not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        runner = RUNNERS.build(cfg)
-    for note in notes:
-        runner.logger.warning(note)
-
-    if not any(isinstance(hook, TrunkCheckHook) for hook in runner.hooks):
-        runner.register_hook(TrunkCheckHook())  # configs not based on ours (mmdet, mmseg)
-    if args.out is not None:
-        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
-
-    try:
-        metrics = runner.test()
-    except CHECKPOINT_ERRORS as e:
-        raise SystemExit(f'{type(e).__name__}: {e}') from None
-
+    # The policy (fp32 evaluation without a GPU, CPU distributed, --show-dir
+    # per codebase) is in mmdtl.engine.launch; known errors stop with one line.
+    with one_line_errors(CHECKPOINT_ERRORS):
+        metrics = test(args.config, args.checkpoint, work_dir=args.work_dir,
+                       cfg_options=args.cfg_options, out=args.out, show_dir=args.show_dir,
+                       launcher=args.launcher)
     if is_main_process():
         print(f'Test metrics of {args.checkpoint}:')
         for name, value in (metrics or {}).items():
             print(f'  {name}: {value}')
-    if torch_dist.is_available() and torch_dist.is_initialized():
-        # Every rank done first: a gloo rank torn down while another still
-        # talks to it aborts at exit ("terminate called without an active
-        # exception", seen once in CI with 2 CPU processes).
-        torch_dist.barrier()
-        torch_dist.destroy_process_group()
+    finish_distributed()
     return metrics
 
 

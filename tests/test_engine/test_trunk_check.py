@@ -336,10 +336,6 @@ def test_train_tool_exits_nonzero_on_a_random_trunk(tmp_path, digits):
 
 def test_test_tool_exits_with_the_message(tmp_path, digits, monkeypatch):
     """tools/test.py CKPT with a checkpoint of another width (in-process main)."""
-    spec = importlib.util.spec_from_file_location('_b1_train', REPO / 'tools/train.py')
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
-    monkeypatch.setitem(sys.modules, 'train', train)  # test.py: `from train import ...`
     spec = importlib.util.spec_from_file_location('_b1_test', REPO / 'tools/test.py')
     test = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(test)

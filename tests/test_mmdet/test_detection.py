@@ -288,14 +288,13 @@ def test_config_trains_and_evaluates(path, coco_root, tmp_path):
 
 
 def load_tools(monkeypatch):
-    """tools/train.py and tools/test.py as modules (test.py imports `train`)."""
+    """tools/train.py and tools/test.py as modules (to run their main())."""
     modules = []
     for name in ('train', 'test'):
         spec = importlib.util.spec_from_file_location(f'_tool_{name}',
                                                       REPO / 'tools' / f'{name}.py')
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        monkeypatch.setitem(sys.modules, name, module)
         modules.append(module)
     return modules
 

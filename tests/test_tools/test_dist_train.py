@@ -110,7 +110,7 @@ def test_global_batch_that_does_not_divide_is_an_error(tmp_path, monkeypatch):
 
 
 def test_batch_modes(monkeypatch):
-    train_tool = load_train_tool(monkeypatch)
+    from mmdtl.engine.launch import LaunchError, launcher_world_size, setup_batch
 
     def setup(options=(), auto_scale_lr=False, world_size=4, global_batch_size=32):
         cfg = Config(dict(train_dataloader=dict(batch_size=32), auto_scale_lr=dict(
@@ -120,7 +120,7 @@ def test_batch_modes(monkeypatch):
         options = dict(options)
         cfg.merge_from_dict(options)
         notes = []
-        line = train_tool.setup_batch(cfg, 'c.py', options, auto_scale_lr, world_size, notes)
+        line = setup_batch(cfg, 'c.py', options, auto_scale_lr, world_size, notes)
         setup.cfg = cfg
         return cfg.train_dataloader.batch_size, line, notes
 
@@ -142,22 +142,22 @@ def test_batch_modes(monkeypatch):
     bs, line, notes = setup({'train_dataloader.batch_size': 4})
     assert bs == 4 and 'global 16' in line and len(notes) == 1
     assert setup({'train_dataloader.batch_size': 8, 'global_batch_size': 32})[0] == 8
-    with pytest.raises(SystemExit, match=r'c.py: --cfg-options train_dataloader.batch_size=4 '
+    with pytest.raises(LaunchError, match=r'c.py: --cfg-options train_dataloader.batch_size=4 '
                        r'and global_batch_size=32 disagree on 4 process\(es\)'):
         setup({'train_dataloader.batch_size': 4, 'global_batch_size': 32})
     # without global_batch_size: OpenMMLab's per-process batch
     bs, line, notes = setup(global_batch_size=None)
     assert bs == 32 and 'global 128' in line and notes == []
-    with pytest.raises(SystemExit, match='global_batch_size must be a positive integer'):
+    with pytest.raises(LaunchError, match='global_batch_size must be a positive integer'):
         setup(global_batch_size=0)
 
     # the launchers' process counts, read before the process group exists
     monkeypatch.setenv('SLURM_NTASKS', '6')
-    assert train_tool.launcher_world_size('slurm') == 6
-    assert train_tool.launcher_world_size('none') == 1
+    assert launcher_world_size('slurm') == 6
+    assert launcher_world_size('none') == 1
     monkeypatch.delenv('WORLD_SIZE', raising=False)
-    with pytest.raises(SystemExit, match='--launcher pytorch: WORLD_SIZE is not set'):
-        train_tool.launcher_world_size('pytorch')
+    with pytest.raises(LaunchError, match='--launcher pytorch: WORLD_SIZE is not set'):
+        launcher_world_size('pytorch')
 
 
 def test_recipe_configs_state_their_global_batch():
