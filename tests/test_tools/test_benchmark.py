@@ -34,6 +34,8 @@ def test_benchmark_tool_tiny(tmp_path, repo_root):
     assert int(rows['linear']['trainable_backbone']) == 0
     assert (tmp_path / 'benchmark.md').read_text().count('|') > 20
     assert (tmp_path / 'benchmark.png').stat().st_size > 5000
+    # How busy other processes kept the machine while each step was timed.
+    assert all(0. <= float(r['others_cpu']) <= 1. for r in rows.values())
     # Every figure names the machine and the torch that measured it.
     import torch
     bench = load_benchmark(repo_root)
@@ -42,6 +44,32 @@ def test_benchmark_tool_tiny(tmp_path, repo_root):
     assert {r['torch_version'] for r in rows.values()} == {torch.__version__}
     assert (f'Measured on {machine["device_name"]}, torch {torch.__version__}.'
             in (tmp_path / 'benchmark.md').read_text())
+
+
+def test_others_load_counts_another_process(repo_root):
+    """A second process spinning on a CPU shows up in ``others_cpu``; this
+    process's own work does not."""
+    import os
+    import time
+    if not os.path.isfile('/proc/stat'):
+        pytest.skip('no /proc/stat')
+    bench = load_benchmark(repo_root)
+    load = bench.OthersLoad()
+    tic = time.perf_counter()
+    while time.perf_counter() - tic < 0.5:  # our own busy loop
+        pass
+    own = load.fraction()
+    spinner = subprocess.Popen([sys.executable, '-c', 'while True: pass'])
+    try:
+        time.sleep(0.2)
+        load = bench.OthersLoad()
+        time.sleep(1.0)
+        other = load.fraction()
+    finally:
+        spinner.kill()
+        spinner.wait()
+    # One spinning process holds about one CPU of os.cpu_count().
+    assert other > own and other >= 0.5 / os.cpu_count()
 
 
 def test_machine_names_the_cpu_model(repo_root):

@@ -19,7 +19,9 @@ same inputs it measures:
   same bytes per element as the GPU recipe's fp16 AMP: an estimate of the
   GPU figure without a GPU (CUDA workspaces and allocator rounding aside);
 - training step time (forward + backward + AdamW step) and inference
-  throughput: medians of repeated runs after warm-up;
+  throughput: medians of repeated runs after warm-up; ``others_cpu``, the
+  share of the machine's CPU time other processes used while the step was
+  timed (Linux; a busy machine slows the step, see :class:`OthersLoad`);
 - with ``--epoch-batches N``, the time of two passes over N new batches, as
   epochs 1 and 2 of training: the prefix cache fills during the first.
 
@@ -90,7 +92,7 @@ LORA_TARGETS = {'ConvNeXt': [dict(type='pointwise_conv1'), dict(type='pointwise_
                 'BEiTViT': None}
 COLUMNS = ['method', 'trainable_backbone', 'trainable_total', 'activation_mb',
            'activation_vs_full', 'peak_mb', 'peak_kind', 'tensor_peak_mb', 'step_ms',
-           'step_vs_full', 'epoch1_s', 'epoch2_s', 'infer_img_s']
+           'step_vs_full', 'others_cpu', 'epoch1_s', 'epoch2_s', 'infer_img_s']
 # What measured a row: in every CSV row, once above the markdown table.
 MACHINE_COLUMNS = ['device_name', 'torch_version']
 
@@ -291,7 +293,9 @@ def profile(model: torch.nn.Module, backbone_params, args) -> dict:
     result['activation_mb'] = saved_activation_bytes(model, loss_fn) / 2**20
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
+    load = OthersLoad()
     result['step_ms'] = 1000 * timed(train_step)
+    result['others_cpu'] = load.fraction()
     if device.type == 'cuda':
         result['peak_mb'] = result['tensor_peak_mb'] = torch.cuda.max_memory_allocated() / 2**20
         result['peak_kind'] = 'cuda max allocated'
@@ -350,6 +354,40 @@ def run_isolated(args, method: str) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f'benchmark of {method!r} failed:\n{out.stderr[-3000:]}')
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+class OthersLoad:
+    """The share of the machine's CPU time that other processes (and the
+    hypervisor: steal) used from construction to :meth:`fraction`, from
+    ``/proc/stat`` and this process's own CPU time. Near 0 on an idle
+    machine; a step time measured while it is high is slower than the
+    machine's (on a 2-core machine 0.1 can cost 20 %: threads wait for each
+    other). None where ``/proc/stat`` cannot be read."""
+
+    def __init__(self):
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample():
+        try:
+            with open('/proc/stat') as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        # user nice system idle iowait irq softirq steal (guest is in user)
+        busy = sum(fields[:3]) + sum(fields[5:8])
+        times = os.times()
+        return (busy / os.sysconf('SC_CLK_TCK'), times.user + times.system,
+                time.perf_counter())
+
+    def fraction(self):
+        end = self._sample()
+        if self.start is None or end is None:
+            return None
+        busy, own, wall = (e - s for e, s in zip(end, self.start))
+        if wall <= 0:
+            return None
+        return round(min(max((busy - own) / (wall * (os.cpu_count() or 1)), 0.), 1.), 3)
 
 
 def cpu_name() -> str:
