@@ -290,8 +290,10 @@ class CompactSideNetwork(BaseModule):
         if not self.adds_back_after(index):
             return tokens
         if self.recompute_side_output and running_sum.requires_grad:
+            # Swish and convolution draw no random numbers: no RNG state to keep.
             side = cp.checkpoint(self.side_output, index, running_sum, grid,
-                                 num_extra_tokens, use_reentrant=False)
+                                 num_extra_tokens, use_reentrant=False,
+                                 preserve_rng_state=False)
         else:
             side = self.side_output(index, running_sum, grid, num_extra_tokens)
         return tokens + side

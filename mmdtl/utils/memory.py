@@ -2,7 +2,7 @@
 for real (CPU profiler) or without running the math (fake tensors)."""
 import contextlib
 import weakref
-from typing import Callable, Dict, Iterable, Iterator, List, Optional
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional
 
 import torch
 
@@ -88,7 +88,8 @@ def cpu_step_peak_bytes(step: Callable[[], object], live: Iterable[torch.Tensor]
     memory (activations, gradients, temporaries, new optimizer state). The
     tensors ``live`` before the step (parameters, buffers, optimizer state,
     inputs; storage-deduplicated) are added. Memory outside PyTorch's
-    allocator (oneDNN scratch pads, Python objects) is not counted.
+    allocator (oneDNN scratch pads, Python objects) is not counted; scratch
+    that CPU kernels take from it is (see :func:`cpu_step_peaks`).
 
     Args:
         step (Callable): One training step on CPU tensors.
@@ -101,14 +102,97 @@ def cpu_step_peak_bytes(step: Callable[[], object], live: Iterable[torch.Tensor]
     base = unique_storage_bytes(live)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    cpu = torch._C._autograd.DeviceType.CPU
-    deltas = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == '[memory]' and e.device_type() == cpu)
     current = peak = 0
-    for _, nbytes in deltas:
+    for _, nbytes in _allocator_deltas(prof):
         current += nbytes
         peak = max(peak, current)
     return base + peak
+
+
+def _allocator_deltas(prof) -> List[tuple]:
+    """``(time ns, bytes)`` of every CPU allocation (+) and free (-) that
+    ``prof`` (a profile with ``profile_memory=True``) recorded, in order."""
+    cpu = torch._C._autograd.DeviceType.CPU
+    return sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                  if e.name() == '[memory]' and e.device_type() == cpu)
+
+
+class CPUStepPeaks(NamedTuple):
+    """The peaks of a CPU step (see :func:`cpu_step_peaks`), in bytes.
+
+    Attributes:
+        allocator (int): What PyTorch's CPU allocator held at its peak.
+        tensors (int): The peak of the step's tensors: the allocator's
+            count between ops, when no kernel holds scratch memory.
+    """
+    allocator: int
+    tensors: int
+
+    @property
+    def scratch(self) -> int:
+        """What the allocator's peak adds to the tensors' peak: memory that
+        a CPU kernel took and gave back while it ran."""
+        return self.allocator - self.tensors
+
+
+class _OpBoundaries(torch.utils._python_dispatch.TorchDispatchMode):
+    """Marks every op in the profile (one ``mmdtl::op`` range each): where
+    a kernel starts and returns. Allocates nothing."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        with torch.profiler.record_function('mmdtl::op'):
+            return func(*args, **(kwargs or {}))
+
+
+def cpu_step_peaks(step: Callable[[], object], live: Iterable[torch.Tensor]) -> CPUStepPeaks:
+    """The peak of the CPU allocator during ``step()`` (as
+    :func:`cpu_step_peak_bytes`) and the peak of the step's *tensors*: the
+    allocator's count taken only when no op is running.
+
+    Inside an op a CPU kernel may take scratch memory from the allocator and
+    give it back before it returns (e.g. an fp32 + bf16 add first copies
+    the bf16 operand to fp32; oneDNN convolutions and GEMMs reorder their
+    operands). That scratch is no tensor of the step, depends on the CPU and
+    its kernels, and has no counterpart on a GPU, where such an add casts
+    while it loads (GPU libraries have workspaces of their own). Between ops
+    the allocator holds exactly the live tensors; an op's outputs are
+    allocated by the time it returns and its inputs are still referenced
+    while it runs, so the tensors' peak is reached at an op's end or
+    outside any op. Both counts come from the profiler's allocation
+    records; op boundaries are marked by a dispatch mode that allocates
+    nothing.
+
+    Args:
+        step (Callable): One training step on CPU tensors.
+        live (Iterable[Tensor]): The tensors that exist before the step
+            (see :func:`training_state`).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    base = unique_storage_bytes(live)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with _OpBoundaries():
+            step()
+    ops = []  # (start, end) of every op, nested ones merged into the outer
+    for start, end in sorted((e.start_ns(), e.start_ns() + e.duration_ns())
+                             for e in prof.profiler.kineto_results.events()
+                             if e.name() == 'mmdtl::op'):
+        if ops and start <= ops[-1][1]:
+            ops[-1][1] = max(ops[-1][1], end)
+        else:
+            ops.append([start, end])
+    current = peak = tensors = 0
+    index = 0
+    for time_ns, nbytes in _allocator_deltas(prof):
+        while index < len(ops) and ops[index][1] < time_ns:
+            tensors = max(tensors, current)  # an op returned: its outputs exist
+            index += 1
+        current += nbytes
+        peak = max(peak, current)
+        if index == len(ops) or time_ns < ops[index][0]:  # outside every op
+            tensors = max(tensors, current)
+    tensors = max(tensors, current)
+    return CPUStepPeaks(allocator=base + peak, tensors=base + tensors)
 
 
 class StorageMemoryTracker(torch.utils._python_dispatch.TorchDispatchMode):

@@ -23,15 +23,27 @@ real, no data, no memory, no math) and counts, for one AMP step at
 The step is ``benchmark.py``'s: bf16 autocast (as many bytes per element as
 the GPU recipe's fp16 AMP; half-stored weights in bf16), cross-entropy,
 backward, AdamW with multi-tensor updates (a GPU's default). Not counted:
-CUDA library workspaces (cuBLAS, cuDNN) and the caching allocator's rounding
-and fragmentation, which ``max_memory_allocated`` does not count either,
-except rounding (to 512 bytes per tensor).
+the caching allocator's rounding of every block to 512 bytes (which
+``max_memory_allocated`` counts; negligible next to activations) and its
+fragmentation (which it does not count), and the workspaces of CUDA
+libraries (cuBLAS, cuDNN), which ``max_memory_allocated`` does count: their
+size depends on the library and the GPU (``--measured`` shows the sum of
+what differs).
 
 **Validation.** Before the estimates, the same step runs for real on CPU for
-``--validate`` archs (ViT-S and ViT-B) at ``--validate-batch-size``, and its
-tensor peak is measured by the CPU profiler (``cpu_step_peak_bytes``, an
-independent count: the allocator's trace). The relative error of every
-estimate is printed; above ``--tolerance`` (5 %) the tool fails.
+``--validate`` archs (ViT-S and ViT-B) and methods (all of them) at
+``--validate-batch-size``, and its tensor peak is measured from the CPU
+profiler's allocation records (:func:`mmdtl.utils.memory.cpu_step_peaks`, an
+independent count: the allocator's trace, read between ops). The relative
+error of every estimate is printed; above ``--tolerance`` (1 %) the tool
+fails. Printed beside it: the allocator's own peak, which adds the scratch
+memory that CPU kernels take and give back inside an op (an fp32 + bf16 add
+copies its bf16 operand to fp32 first; oneDNN convolutions and GEMMs reorder
+operands). That scratch is no tensor of the step, depends on the CPU and has
+no counterpart on a GPU, so the estimate leaves it out; the allocator's peak
+exceeds the estimate by it (``kernel_scratch_mb``, up to ~1 % at ViT-S/B
+sizes, more on tiny models). Checkpoints that recompute nothing random keep
+no RNG state (a 5 KB host tensor each, which the estimate does not see).
 
 ``--measured ARCH=CSV`` adds the peaks that ``benchmark.py`` measured (its
 ``benchmark.csv``; on a GPU ``max_memory_allocated``) next to the estimates:
@@ -63,7 +75,7 @@ ARCHS = ['vit-s', 'vit-b', 'vit-l', 'vit-h', 'vit-eva-g', 'vit-dinov2-g',
          'swin-t', 'swin-s', 'swin-b', 'swin-l']
 METHODS = ['full', 'lora', 'dtl', 'dtl+', 'dtl+ckpt', 'dtl_half', 'dtl+_half', 'dtl+ckpt_half',
            'dtl+ckpt+rp_half']
-VALIDATE_METHODS = ['full', 'dtl+', 'dtl+ckpt', 'dtl+_half', 'dtl+ckpt_half']
+VALIDATE_METHODS = METHODS
 COLUMNS = ['arch', 'method', 'backbone_params', 'trainable', 'weights_mb', 'grads_mb',
            'optimizer_mb', 'activations_mb', 'peak_mb', 'peak_gb']
 MEASURED_COLUMNS = ['measured_peak_mb', 'measured_vs_estimate']
@@ -100,13 +112,15 @@ def step_memory(bench, arch, method: str, batch_size: int, img_size: int,
                 num_classes: int, fake: bool, breakdown: bool = False) -> dict:
     """The memory budget of one training step of ``arch`` (a name or a
     (backbone cfg, recipe) pair) and ``method``: on fake tensors (estimated,
-    nothing computed) or for real on CPU (the peak measured by the profiler;
-    activations not measured, to save time). With ``breakdown``, the
+    nothing computed) or for real on CPU (the tensors' peak measured by the
+    profiler, ``peak_mb``, and its allocator's, ``allocator_peak_mb``, see
+    :func:`cpu_step_peaks`; activations not measured, to save time). With
+    ``breakdown``, the
     estimate's ``peak_breakdown`` lists what the step had allocated at its
     peak (see :class:`StorageMemoryTracker`)."""
     from mmdtl.utils.memory import (
         StorageMemoryTracker,
-        cpu_step_peak_bytes,
+        cpu_step_peaks,
         fake_tensors,
         saved_activation_bytes,
         tracked_step_peak_bytes,
@@ -133,7 +147,9 @@ def step_memory(bench, arch, method: str, batch_size: int, img_size: int,
             if breakdown:
                 row['peak_breakdown'] = tracker.peak_breakdown
         else:
-            row['peak_mb'] = cpu_step_peak_bytes(train_step, live) / MB
+            peaks = cpu_step_peaks(train_step, live)
+            row['peak_mb'] = peaks.tensors / MB
+            row['allocator_peak_mb'] = peaks.allocator / MB
         row['weights_mb'] = unique_storage_bytes([*model.parameters(), *model.buffers()]) / MB
         row['grads_mb'] = unique_storage_bytes(
             p.grad for p in model.parameters() if p.grad is not None) / MB
@@ -152,13 +168,20 @@ def validate(bench, args) -> list:
             tic = time.perf_counter()
             estimate = step_memory(bench, *sizes, fake=True)
             measured = step_memory(bench, *sizes, fake=False)
-            error = estimate['peak_mb'] / measured['peak_mb'] - 1
-            rows.append(dict(arch=arch, method=method, batch=args.validate_batch_size,
-                             estimated_mb=estimate['peak_mb'], measured_mb=measured['peak_mb'],
-                             error=error))
+            allocator = measured['allocator_peak_mb']
+            row = dict(arch=arch, method=method, batch=args.validate_batch_size,
+                       estimated_mb=estimate['peak_mb'], measured_mb=measured['peak_mb'],
+                       error=estimate['peak_mb'] / measured['peak_mb'] - 1,
+                       allocator_peak_mb=allocator,
+                       kernel_scratch_mb=allocator - measured['peak_mb'],
+                       allocator_error=estimate['peak_mb'] / allocator - 1)
+            rows.append(row)
             print(f'  validate {arch} {method} batch {args.validate_batch_size}: estimated '
-                  f'{estimate["peak_mb"]:.1f} MB, measured {measured["peak_mb"]:.1f} MB, '
-                  f'error {100 * error:+.2f} % ({time.perf_counter() - tic:.0f} s)', flush=True)
+                  f'{row["estimated_mb"]:.2f} MB, measured {row["measured_mb"]:.2f} MB, '
+                  f'error {100 * row["error"]:+.2f} % (allocator peak {allocator:.2f} MB with '
+                  f'kernel scratch {row["kernel_scratch_mb"]:.2f} MB: '
+                  f'{100 * row["allocator_error"]:+.2f} %) '
+                  f'({time.perf_counter() - tic:.0f} s)', flush=True)
     return rows
 
 
@@ -174,7 +197,7 @@ def goal_lines(rows: list) -> list:
             continue
         value = found[(arch, method)]
         met = value <= bound if relation == '<=' else value >= bound
-        lines.append(f'- {arch} {method}: {value:.2f} GB, goal {relation} {bound:g} GB: '
+        lines.append(f'- {arch} {method}: {value:.3f} GB, goal {relation} {bound:g} GB: '
                      f'{"met" if met else "MISSED"}')
     return lines
 
@@ -220,10 +243,15 @@ def write_outputs(args, checks: list, rows: list) -> dict:
         title += f'; side network overridden: {", ".join(overrides)}'
     lines = [f'# Memory scaling: {title}', '']
     if checks:
-        lines += [f'Estimator vs real CPU tensor peak (batch {args.validate_batch_size}):', '',
-                  '| arch | method | estimated MB | measured MB | error |', '|---|---|---|---|---|']
-        lines += [f'| {c["arch"]} | {c["method"]} | {c["estimated_mb"]:.1f} | '
-                  f'{c["measured_mb"]:.1f} | {100 * c["error"]:+.2f} % |' for c in checks]
+        lines += [f'Estimator vs real CPU tensor peak (batch {args.validate_batch_size}; the '
+                  f'allocator\'s peak adds the scratch that CPU kernels take and give back '
+                  f'while they run, which the estimate leaves out):', '',
+                  '| arch | method | estimated MB | measured MB | error | allocator peak MB '
+                  '| kernel scratch MB | error vs allocator |', '|---|---|---|---|---|---|---|---|']
+        lines += [f'| {c["arch"]} | {c["method"]} | {c["estimated_mb"]:.2f} | '
+                  f'{c["measured_mb"]:.2f} | {100 * c["error"]:+.2f} % | '
+                  f'{c["allocator_peak_mb"]:.2f} | {c["kernel_scratch_mb"]:.2f} | '
+                  f'{100 * c["allocator_error"]:+.2f} % |' for c in checks]
         lines.append('')
     columns = COLUMNS + (MEASURED_COLUMNS if args.measured else [])
     lines += ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
@@ -234,6 +262,13 @@ def write_outputs(args, checks: list, rows: list) -> dict:
     paths = dict(md=work_dir / 'memory_scaling.md', csv=work_dir / 'memory_scaling.csv',
                  png=work_dir / 'memory_scaling.png')
     _write_text_atomic(str(paths['md']), '\n'.join(lines) + '\n')
+    if checks:
+        paths['validation'] = work_dir / 'memory_scaling_validation.csv'
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=list(checks[0]))
+        writer.writeheader()
+        writer.writerows(checks)
+        _write_text_atomic(str(paths['validation']), table.getvalue())
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=columns)
     writer.writeheader()
@@ -295,8 +330,9 @@ def parse_args(argv=None):
                              '(none: skip)')
     parser.add_argument('--validate-methods', nargs='+', default=VALIDATE_METHODS)
     parser.add_argument('--validate-batch-size', type=int, default=4)
-    parser.add_argument('--tolerance', type=float, default=0.05,
-                        help='largest relative error of the validation (default 5 %%)')
+    parser.add_argument('--tolerance', type=float, default=0.01,
+                        help='largest relative error of the validation against the '
+                             'tensor peak (default 1 %%)')
     parser.add_argument('--csn-start', type=int,
                         help='override the side network\'s M (csn.start) of every arch')
     parser.add_argument('--csn-taps-from', type=int,
@@ -356,10 +392,11 @@ def main(argv=None):
     paths = write_outputs(args, checks, rows)
     print(Path(paths['md']).read_text())
     print('wrote', ', '.join(paths.values()))
-    worst = max((abs(c['error']) for c in checks), default=0.)
-    if worst > args.tolerance:
-        sys.exit(f'the estimator is off by {100 * worst:.1f} % on a real step, more than '
-                 f'--tolerance {100 * args.tolerance:g} %')
+    worst = max(checks, key=lambda c: abs(c['error']), default=None)
+    if worst is not None and abs(worst['error']) > args.tolerance:
+        sys.exit(f'the estimator is off by {100 * worst["error"]:+.2f} % on a real step '
+                 f'({worst["arch"]} {worst["method"]}), more than --tolerance '
+                 f'{100 * args.tolerance:g} %')
 
 
 if __name__ == '__main__':

@@ -124,9 +124,11 @@ class DTLRunner:
         for index in range(first, len(blocks)):
             if bb.dtl_options.checkpoint_suffix and grad_enabled and x.requires_grad:
                 # Tap, block and add-back in one checkpoint: backward keeps only
-                # the block input and the running sum.
+                # the block input and the running sum. The RNG state is kept for
+                # the recomputation only where the block draws random numbers.
                 x, running_sum = cp.checkpoint(self.unit, index, blocks[index], x, running_sum,
-                                               grid, use_reentrant=False)
+                                               grid, use_reentrant=False,
+                                               preserve_rng_state=_stochastic(blocks[index]))
             else:
                 x, running_sum = self.unit(index, blocks[index], x, running_sum, grid)
             x, grid = self._after_block(index, x, grid, outs)
@@ -256,6 +258,14 @@ class DTLRunner:
 
 
 def _stochastic(module: nn.Module) -> bool:
-    """Whether ``module`` uses drop path or dropout during training."""
-    return any(getattr(m, 'drop_prob', 0) > 0 or (isinstance(m, nn.Dropout) and m.p > 0)
-               for m in module.modules())
+    """Whether ``module`` uses drop path or dropout during training: a
+    dropout module, a drop path, or a dropout rate kept as a float (e.g.
+    mmpretrain's ``MultiheadAttention.attn_drop``, passed to the attention
+    kernel)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            return True
+        if any(isinstance(value, float) and value > 0 and 'drop' in name
+               for name, value in vars(m).items()):
+            return True
+    return False
