@@ -3,11 +3,13 @@
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
+from PIL import Image
 
-from mmdtl.apis import test, train
+from mmdtl.apis import MultiTaskInferencer, test, train
 from mmdtl.engine.launch import LaunchError
 from mmdtl.testing import make_vtab_tree
 
@@ -33,11 +35,13 @@ def digits(tmp_path, monkeypatch):
     return tmp_path / 'data'
 
 
-def test_train_one_epoch_then_test_the_checkpoint(digits, tmp_path):
+def test_train_one_epoch_then_test_and_serve_the_checkpoint(digits, tmp_path):
+    """The examples of docs/python_api.md, on the smoke config."""
     work_dir = tmp_path / 'work'
     options = dict(data_options(digits), **{'train_cfg.max_epochs': 1,
                                             'default_hooks.checkpoint.interval': 1,
-                                            'randomness.seed': 0})
+                                            'randomness.seed': 0,
+                                            'custom_hooks': [dict(type='TaskCheckpointHook')]})
     runner = train(CONFIG, work_dir=str(work_dir), cfg_options=options)
     assert (runner.epoch, runner.iter) == (1, 3)
     checkpoint = work_dir / 'epoch_1.pth'
@@ -54,6 +58,26 @@ def test_train_one_epoch_then_test_the_checkpoint(digits, tmp_path):
     assert set(metrics) >= {'accuracy/top1'} and 0 <= metrics['accuracy/top1'] <= 100
     with open(out, 'rb') as f:
         assert len(pickle.load(f)) == 6  # one prediction per test image
+
+    # mmpretrain's own APIs on the config and the checkpoint ...
+    from mmpretrain.apis import ImageClassificationInferencer, get_model
+    model = get_model(CONFIG, pretrained=str(checkpoint))
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+    image = str(digits / 'digits' / 'images' / 'test' / '000000.png')
+    inferencer = ImageClassificationInferencer(CONFIG, pretrained=str(checkpoint))
+    result = inferencer(image)[0]
+    assert 0 <= result['pred_label'] < 10 and len(result['pred_scores']) == 10
+    pixels = np.asarray(Image.open(image))[..., ::-1]  # BGR, as mmcv reads it
+    from_array = inferencer(np.ascontiguousarray(pixels))[0]
+    assert from_array['pred_label'] == result['pred_label']
+    assert from_array['pred_score'] == pytest.approx(result['pred_score'], abs=1e-6)
+    # ... and the task file served on the frozen backbone: the same prediction.
+    served = MultiTaskInferencer(CONFIG, str(checkpoint),
+                                 {'digits': str(work_dir / 'task_final.pth')})([image], topk=1)
+    (label, score), = served[0]['digits']
+    assert label == result['pred_class']
+    assert score == pytest.approx(result['pred_score'], abs=1e-6)
 
 
 def test_errors_are_exceptions_not_exits(digits, tmp_path):
