@@ -188,13 +188,18 @@ class FrozenLinearPacks:
         timer (callable, optional): ``(path, fn) -> seconds`` of one run of
             ``fn`` (see :data:`Timer`), for ``auto``. Defaults to
             :func:`fastest_seconds`.
+        min_gain (float): ``auto`` packs only if the packed kernels take at
+            most ``1 - min_gain`` of the default kernels' time: the packed
+            copies cost memory (one more copy of every frozen linear weight,
+            two in the suffix), a gain within the timing noise is not worth
+            it. Defaults to 0.05.
         owner (str): Names the model in the decision's log line.
     """
 
     def __init__(self, auto: bool = False, timer: Optional[Timer] = None,
-                 owner: str = 'FrozenLinearPacks'):
+                 min_gain: float = 0.05, owner: str = 'FrozenLinearPacks'):
         self._entries: Dict[tuple, _Entry] = {}
-        self.auto, self.timer, self.owner = auto, timer, owner
+        self.auto, self.timer, self.min_gain, self.owner = auto, timer, min_gain, owner
         #: True: packed kernels; False: default kernels; None: ``auto``, not
         #: measured yet or its choice not in effect yet.
         self.use_packed: Optional[bool] = None if auto else True
@@ -215,15 +220,15 @@ class FrozenLinearPacks:
         return sum(e.packed.numel() * e.packed.element_size() for e in self._entries.values())
 
     def __deepcopy__(self, memo) -> 'FrozenLinearPacks':
-        return FrozenLinearPacks(self.auto, self.timer, self.owner)
+        return FrozenLinearPacks(self.auto, self.timer, self.min_gain, self.owner)
 
     def __getstate__(self) -> dict:
         # Not the timer (it may not pickle) nor the decision (another
         # process may run on another CPU).
-        return dict(auto=self.auto, owner=self.owner)
+        return dict(auto=self.auto, min_gain=self.min_gain, owner=self.owner)
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(auto=state.get('auto', False),
+        self.__init__(auto=state.get('auto', False), min_gain=state.get('min_gain', 0.05),
                       owner=state.get('owner', 'FrozenLinearPacks'))
 
     def clear(self) -> None:
@@ -283,9 +288,9 @@ class FrozenLinearPacks:
         forward GEMM once per call, the input-gradient GEMM once per call
         that needed it. The packed side also pays the Python dispatch its
         mode adds to every op of the forward, timed on a small op. The per
-        step sums are compared; the faster wins, ties go to the default
-        kernels (no packed copies held). Packs made for timing are dropped
-        when the default kernels win.
+        step sums are compared: the packs are used if they save at least
+        ``min_gain`` of the time, else the default kernels run and the packs
+        made for timing are dropped.
 
         Args:
             input_shape (tuple): The forward's input shape, for the log line.
@@ -311,7 +316,7 @@ class FrozenLinearPacks:
                         'packed', lambda: _packed_linear(dy, packed_wt, None))
             if noted:
                 packed += ops * self._dispatch_seconds(timer)
-        use_packed = bool(noted) and packed < plain
+        use_packed = bool(noted) and packed <= (1 - self.min_gain) * plain
         if not use_packed:
             self.clear()
         self.chosen = use_packed
@@ -325,8 +330,9 @@ class FrozenLinearPacks:
         else:
             message = (f'{"packed" if use_packed else "default (plain)"} frozen linears chosen: '
                        f'packed {1e3 * packed:.1f} ms vs plain {1e3 * plain:.1f} ms per step '
-                       f'({calls} frozen linear calls of {shapes} shapes, input '
-                       f'{tuple(input_shape)}, torch {torch.__version__})')
+                       f'({packed / plain:.2f}x; packing needs <= {1 - self.min_gain:.2f}x), '
+                       f'{calls} frozen linear calls of {shapes} shapes, input '
+                       f'{tuple(input_shape)}, torch {torch.__version__}')
         print_log(f"{self.owner}: pack_frozen_weights='auto': {message}", logger='current')
         return use_packed
 

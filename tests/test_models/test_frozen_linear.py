@@ -231,8 +231,21 @@ def test_auto_keeps_the_faster_kernels_with_the_same_results(winner, tmp_path):
     chosen = 'packed frozen linears chosen' if winner == 'packed' else \
         'default (plain) frozen linears chosen'
     assert f"DTLViT: pack_frozen_weights='auto': {chosen}" in lines[0]
-    assert f'packed {decision["packed_ms"]:.1f} ms vs plain {decision["plain_ms"]:.1f} ms' \
-        in lines[0]
+    assert (f'packed {decision["packed_ms"]:.1f} ms vs plain {decision["plain_ms"]:.1f} ms '
+            f'per step ({decision["packed_ms"] / decision["plain_ms"]:.2f}x; packing needs '
+            f'<= 0.95x)') in lines[0]
+
+
+@pytest.mark.parametrize('packed_cost,chosen', [(1.89, True), (1.91, False), (2.0, False)])
+def test_auto_packs_only_for_a_real_gain(packed_cost, chosen):
+    """The packed copies cost memory: a gain under ``min_gain`` (5 %) of the
+    frozen linears' time keeps the default kernels."""
+    model = build(TINY_VIT, pack_frozen_weights='auto')
+    packs = model.frozen_linear_packs
+    packs.timer = FixedTimer(packed=packed_cost, plain=2.0)
+    logits_and_grads(model, torch.randn(2, 3, 32, 32))
+    assert packs.chosen is chosen and packs.min_gain == 0.05
+    assert (len(packs) > 0) is chosen
 
 
 def test_auto_with_checkpointed_suffix_and_prefix_cache():
