@@ -213,12 +213,29 @@ class CompactSideNetwork(BaseModule):
         Returns:
             Tensor | None: The updated running sum.
         """
-        if index > 0 and self.stages[index] != self.stages[index - 1]:
-            running_sum = None
+        return self.accumulate(index, self.project(index, tokens), running_sum)
+
+    def project(self, index: int, tokens: torch.Tensor) -> Optional[torch.Tensor]:
+        """The first half of :meth:`tap`: ``tokens @ A_i^T``, shape (B, N,
+        rank), or None where block ``index`` is not tapped. What it keeps for
+        backward is the tokens (``A_i``'s gradient needs them)."""
         key = str(index)
         if key not in self.down_projs:
+            return None
+        return F.linear(tokens, self.down_projs[key])
+
+    def accumulate(self, index: int, projected: Optional[torch.Tensor],
+                   running_sum: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The second half of :meth:`tap`: the running sum plus
+        ``projected @ B_i^T`` (restarted at the first block of a stage;
+        unchanged where ``projected`` is None). ``project`` then
+        ``accumulate`` computes exactly :meth:`tap`, whatever runs between
+        them."""
+        if index > 0 and self.stages[index] != self.stages[index - 1]:
+            running_sum = None
+        if projected is None:
             return running_sum
-        side = low_rank(tokens, self.down_projs[key], self.up_projs[key])
+        side = F.linear(projected, self.up_projs[str(index)])
         return side if running_sum is None else running_sum + side
 
     def recomputed_prefix_taps(self, run_prefix: Callable, prefix_input: torch.Tensor
@@ -283,13 +300,16 @@ class CompactSideNetwork(BaseModule):
 
     def add_back(self, index: int, tokens: torch.Tensor,
                  running_sum: Optional[torch.Tensor], grid: Tuple[int, int],
-                 num_extra_tokens: int = 0) -> torch.Tensor:
+                 num_extra_tokens: int = 0, recompute: Optional[bool] = None) -> torch.Tensor:
         """Add the side output to the output ``tokens`` of block ``index``
         when it adds back (see ``add_back_blocks``); otherwise return
-        ``tokens`` unchanged."""
+        ``tokens`` unchanged. ``recompute`` overrides
+        ``recompute_side_output`` (e.g. inside a checkpoint that recomputes
+        the side output anyway)."""
         if not self.adds_back_after(index):
             return tokens
-        if self.recompute_side_output and running_sum.requires_grad:
+        recompute = self.recompute_side_output if recompute is None else recompute
+        if recompute and running_sum.requires_grad:
             # Swish and convolution draw no random numbers: no RNG state to keep.
             side = cp.checkpoint(self.side_output, index, running_sum, grid,
                                  num_extra_tokens, use_reentrant=False,

@@ -19,6 +19,10 @@ def test_presets_are_valid_and_named():
     assert dwconv and options == dict(checkpoint_suffix=True, recompute_prefix_taps=True,
                                       frozen_weights_dtype='float16')
     assert preset_options('dtl') == (False, {})
+    # The released recipe's leanest exact variant: every recompute option.
+    assert preset_options('dtl+ckpt+rp+rs_half') == (True, dict(
+        checkpoint_suffix=True, recompute_prefix_taps=True, recompute_running_sums=True,
+        frozen_weights_dtype='bfloat16'))
     assert DTLOptions(**preset_options('dtl+cache')[1]).needs_deterministic_prefix
     with pytest.raises(ValueError, match=r"unknown DTL method 'dtl\+\+'"):
         preset_options('dtl++')

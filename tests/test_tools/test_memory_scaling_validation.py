@@ -35,7 +35,8 @@ def test_cpu_peaks_tell_kernel_scratch_from_tensors():
     assert peaks.scratch == 1_000_000
 
 
-@pytest.mark.parametrize('methods', [['full', 'dtl+ckpt', 'dtl+ckpt_half', 'dtl+ckpt+rp_half']])
+@pytest.mark.parametrize('methods', [['full', 'dtl+ckpt', 'dtl+ckpt_half', 'dtl+ckpt+rp_half',
+                                      'dtl+ckpt+rp+rs_half']])
 def test_validation_is_within_one_percent_on_checkpointed_methods(tmp_path, repo_root, capsys,
                                                                   methods):
     tool = load_tool(repo_root, 'memory_scaling')

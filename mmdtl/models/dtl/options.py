@@ -31,6 +31,14 @@ class DTLOptions:
             checkpointed unit, so backward keeps only the block input and the
             running sum and recomputes the rest. Same outputs and gradients,
             more compute. Defaults to False.
+        recompute_running_sums (bool): With ``checkpoint_suffix``, the
+            checkpointed units keep no CSN running sum for backward: each
+            reads the sum entering it from the one entering the first unit
+            and the block inputs the checkpoints keep anyway, recomputing
+            the taps in between when backward recomputes it. Same outputs
+            and gradients (the same ops in the same order); ``n (n - 1) / 2``
+            rank-``d'`` taps more in backward for ``n`` checkpointed units.
+            Defaults to False.
         recompute_prefix_taps (bool): Keep none of the frozen prefix's tapped
             block inputs for backward: the prefix's taps run in one autograd
             function that saves only the images and runs blocks ``0..M`` again
@@ -62,6 +70,7 @@ class DTLOptions:
     """
     freeze_backbone: bool = True
     checkpoint_suffix: bool = False
+    recompute_running_sums: bool = False
     recompute_prefix_taps: bool = False
     prefix_cache: Optional[dict] = None
     pack_frozen_weights: Union[bool, str] = False
@@ -88,14 +97,20 @@ class DTLOptions:
         return self.prefix_cache is not None or self.recompute_prefix_taps
 
     def check(self, owner: str) -> None:
-        """Refuse the combinations of :data:`INCOMPATIBLE` (ValueError, one
-        line naming both options)."""
+        """Refuse the combinations of :data:`INCOMPATIBLE` and the options
+        of :data:`REQUIRES` without the one they need (ValueError, one line
+        naming both options)."""
         self.frozen_weights_dtype = parse_frozen_weights_dtype(self.frozen_weights_dtype, owner)
         for first, first_bad, second, second_bad, reason in INCOMPATIBLE:
             a, b = getattr(self, first), getattr(self, second)
             if first_bad(a) and second_bad(b):
                 raise ValueError(f'{owner}: {first}={a!r} and {second}={b!r} cannot be '
                                  f'combined: {reason}')
+        for option, needed, reason in REQUIRES:
+            if _on(getattr(self, option)) and not _on(getattr(self, needed)):
+                raise ValueError(f'{owner}: {option}={getattr(self, option)!r} needs '
+                                 f'{needed}=True ({reason}); set {needed}=True or remove '
+                                 f'{option}')
 
 
 def _on(value) -> bool:
@@ -122,6 +137,14 @@ INCOMPATIBLE: Tuple[Tuple[str, Callable, str, Callable, str], ...] = (
 )
 
 
+#: Options that work only on top of another: (option, the option it needs,
+#: why). Checked with :data:`INCOMPATIBLE`.
+REQUIRES: Tuple[Tuple[str, str, str], ...] = (
+    ('recompute_running_sums', 'checkpoint_suffix',
+     'only checkpointed units recompute what they read'),
+)
+
+
 #: Named memory/speed methods of the DTL side: whether DTL+'s DWConv is on,
 #: and the backbone options. ``<name>_half`` adds half-stored frozen weights.
 PRESETS: Dict[str, dict] = {
@@ -129,6 +152,9 @@ PRESETS: Dict[str, dict] = {
     'dtl+': dict(dwconv=True),
     'dtl+ckpt': dict(dwconv=True, checkpoint_suffix=True),
     'dtl+ckpt+rp': dict(dwconv=True, checkpoint_suffix=True, recompute_prefix_taps=True),
+    'dtl+ckpt+rs': dict(dwconv=True, checkpoint_suffix=True, recompute_running_sums=True),
+    'dtl+ckpt+rp+rs': dict(dwconv=True, checkpoint_suffix=True, recompute_prefix_taps=True,
+                           recompute_running_sums=True),
     'dtl+cache': dict(dwconv=True, prefix_cache=dict(storage='device')),
     'dtl+packed': dict(dwconv=True, pack_frozen_weights=True),
     'dtl+cache+packed': dict(dwconv=True, prefix_cache=dict(storage='device'),

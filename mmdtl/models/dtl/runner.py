@@ -14,7 +14,9 @@ three ways and never records a graph for them:
 
 Block ``M``'s output then receives the side output, and every later block
 runs as one *unit*, ``tap -> block -> add back``, checkpointed as a whole
-with ``checkpoint_suffix``. A trunk that is not frozen runs every block as a
+with ``checkpoint_suffix``; a checkpointed unit keeps its input and the
+running sum entering it, or its input only with ``recompute_running_sums``
+(:class:`_RunningSums`). A trunk that is not frozen runs every block as a
 unit, with grad. What differs between trunks is asked of the
 :class:`TrunkAdapter`.
 """
@@ -120,18 +122,29 @@ class DTLRunner:
         else:
             x, grid = trunk.embed(images)
             running_sum, first = None, 0
-        blocks = trunk.blocks()
+        blocks, sums = trunk.blocks(), None
         for index in range(first, len(blocks)):
             if bb.dtl_options.checkpoint_suffix and grad_enabled and x.requires_grad:
                 # Tap, block and add-back in one checkpoint: backward keeps only
-                # the block input and the running sum. The RNG state is kept for
-                # the recomputation only where the block draws random numbers.
-                x, running_sum = cp.checkpoint(self.unit, index, blocks[index], x, running_sum,
-                                               grid, use_reentrant=False,
-                                               preserve_rng_state=_stochastic(blocks[index]))
+                # the block input and the running sum (or, recomputing the sums,
+                # only the block input). The RNG state is kept for the
+                # recomputation only where the block draws random numbers.
+                rng = _stochastic(blocks[index])
+                if bb.dtl_options.recompute_running_sums:
+                    # Once the stream needs grad, every later unit is checkpointed.
+                    sums = sums or _RunningSums(self.csn, running_sum, index)
+                    x, running_sum = cp.checkpoint(self.unit, index, blocks[index], x, None,
+                                                   grid, sums, True, use_reentrant=False,
+                                                   preserve_rng_state=rng)
+                else:
+                    x, running_sum = cp.checkpoint(self.unit, index, blocks[index], x,
+                                                   running_sum, grid, None, True,
+                                                   use_reentrant=False, preserve_rng_state=rng)
             else:
                 x, running_sum = self.unit(index, blocks[index], x, running_sum, grid)
             x, grid = self._after_block(index, x, grid, outs)
+        if sums is not None:
+            sums.close()
         return tuple(outs)
 
     def _after_block(self, index: int, x: torch.Tensor, grid: tuple,
@@ -141,31 +154,66 @@ class DTLRunner:
         return x, grid
 
     def unit(self, index: int, block: nn.Module, x: torch.Tensor,
-             running_sum: Optional[torch.Tensor], grid: tuple
+             running_sum: Optional[torch.Tensor], grid: tuple,
+             sums: Optional['_RunningSums'] = None, checkpointed: bool = False
              ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Tap, block ``index`` and add-back: what ``checkpoint_suffix``
-        recomputes in backward."""
+        recomputes in backward (``checkpointed``). With ``sums``
+        (``recompute_running_sums``) the running sum is read from there
+        instead of ``running_sum``."""
         # Checkpointing recomputes the block during backward, outside forward.
         with packed_linears(self.backbone.frozen_linear_packs, x):
-            running_sum = self.csn.tap(index, self.trunk.tokens(x, grid), running_sum)
-            x = self.trunk.call_block(index, block, x, grid)
-        return self.add_back(index, x, running_sum, grid), running_sum
+            # The tap in two halves around the block (the same ops): its
+            # projection to the rank before, whose backward then comes after
+            # the block's; the running sum after, so that no (B, N, C) sum
+            # exists while the block runs (its recomputation is a peak).
+            projected = self.project(index, x, grid, checkpointed)
+            out = self.trunk.call_block(index, block, x, grid)
+            if sums is not None:
+                running_sum = sums.before(index)
+            running_sum = self.csn.accumulate(index, projected, running_sum)
+        if sums is not None:
+            sums.after(index, projected, running_sum)
+        # The unit's checkpoint recomputes the side output anyway; a nested
+        # checkpoint would keep the running sum that sums spares.
+        out = self.add_back(index, out, running_sum, grid, False if sums else None)
+        return out, running_sum
+
+    def project(self, index: int, x: torch.Tensor, grid: tuple,
+                checkpointed: bool = False) -> Optional[torch.Tensor]:
+        """The tap's projection of block ``index``'s input ``x`` to the rank
+        (:meth:`CompactSideNetwork.project`).
+
+        Under autocast the projection keeps a half copy of the input for
+        ``A_i``'s gradient. A checkpointed unit keeps its fp32 input anyway,
+        so there the copy is made again in backward instead (the same cast):
+        the unit's backward then runs without it."""
+        csn, trunk = self.csn, self.trunk
+        if str(index) not in csn.down_projs:
+            return None
+        device = x.device.type
+        if (checkpointed and torch.is_autocast_enabled(device)
+                and x.dtype != torch.get_autocast_dtype(device)):
+            return cp.checkpoint(lambda x: csn.project(index, trunk.tokens(x, grid)), x,
+                                 use_reentrant=False, preserve_rng_state=False)
+        return csn.project(index, trunk.tokens(x, grid))
 
     def add_back(self, index: int, x: torch.Tensor, running_sum: Optional[torch.Tensor],
-                 grid: tuple) -> torch.Tensor:
+                 grid: tuple, recompute_side_output: Optional[bool] = None) -> torch.Tensor:
         """The stream after block ``index`` plus the side output where the
         side network adds back (every block from ``M``, or its sparse set)."""
         if not self.csn.adds_back_after(index):
             return x
-        return self.add_side(self.csn, index, x, running_sum, grid)
+        return self.add_side(self.csn, index, x, running_sum, grid, recompute_side_output)
 
     def add_side(self, csn: nn.Module, index: int, x: torch.Tensor,
-                 running_sum: torch.Tensor, grid: tuple) -> torch.Tensor:
+                 running_sum: torch.Tensor, grid: tuple,
+                 recompute_side_output: Optional[bool] = None) -> torch.Tensor:
         """``csn``'s add-back on the stream ``x`` (any side network: the
         multi-task model passes each task's)."""
         trunk = self.trunk
         tokens = csn.add_back(index, trunk.tokens(x, grid), running_sum, grid,
-                              trunk.num_extra_tokens)
+                              trunk.num_extra_tokens, recompute=recompute_side_output)
         return trunk.stream(tokens, grid)
 
     # -- the frozen prefix -------------------------------------------------------
@@ -255,6 +303,55 @@ class DTLRunner:
         ``on_tap(i, tokens)``, returns ``(output of block M, grid)``."""
         return self.run_prefix(
             images, lambda index, x, grid: on_tap(index, self.trunk.tokens(x, grid)))
+
+
+class _RunningSums:
+    """The running sums of a checkpointed suffix, kept as the sum entering
+    its first unit (the *anchor*) and each unit's tap projected to the rank,
+    shape (B, N, rank) (``recompute_running_sums``).
+
+    In forward every unit reads the live sum and leaves its own for the next
+    unit, so no checkpoint holds a (B, N, C) sum. When backward recomputes
+    unit ``k`` it reads the sum entering it again: the anchor plus the
+    up-projections of units ``first..k-1``'s projected taps, the same ops in
+    the same order (under the autocast state the checkpoint restores), hence
+    the same bits. Units are recomputed last to first, so this costs
+    ``(n - 1) n / 2`` up-projections and additions of a (B, N, C) sum for
+    ``n`` units.
+
+    Args:
+        csn (CompactSideNetwork): The side network.
+        anchor (Tensor | None): The running sum entering unit ``first``.
+        first (int): The first checkpointed unit.
+    """
+
+    def __init__(self, csn: nn.Module, anchor: Optional[torch.Tensor], first: int):
+        self.csn, self.anchor, self.first = csn, anchor, first
+        self.projected: Dict[int, Optional[torch.Tensor]] = {}
+        self.live, self.live_index = anchor, first
+
+    def before(self, index: int) -> Optional[torch.Tensor]:
+        """The running sum entering unit ``index``: the live one in forward,
+        recomputed (no grad) when backward recomputes the unit."""
+        if index == self.live_index:
+            return self.live
+        running_sum = self.anchor
+        with torch.no_grad():
+            for j in range(self.first, index):
+                running_sum = self.csn.accumulate(j, self.projected[j], running_sum)
+        return running_sum
+
+    def after(self, index: int, projected: Optional[torch.Tensor],
+              running_sum: Optional[torch.Tensor]) -> None:
+        """Unit ``index`` projected its tap to ``projected`` and left
+        ``running_sum`` (forward only)."""
+        if index == self.live_index:
+            self.projected[index] = None if projected is None else projected.detach()
+            self.live, self.live_index = running_sum, index + 1
+
+    def close(self) -> None:
+        """Forward is over: keep no live sum; every later read recomputes."""
+        self.live, self.live_index = None, None
 
 
 def _stochastic(module: nn.Module) -> bool:
