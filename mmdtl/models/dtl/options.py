@@ -32,13 +32,14 @@ class DTLOptions:
             running sum and recomputes the rest. Same outputs and gradients,
             more compute. Defaults to False.
         recompute_running_sums (bool): With ``checkpoint_suffix``, the
-            checkpointed units keep no CSN running sum for backward: each
-            reads the sum entering it from the one entering the first unit
-            and the block inputs the checkpoints keep anyway, recomputing
-            the taps in between when backward recomputes it. Same outputs
-            and gradients (the same ops in the same order); ``n (n - 1) / 2``
-            rank-``d'`` taps more in backward for ``n`` checkpointed units.
-            Defaults to False.
+            checkpointed units keep no CSN running sum (B, N, C) for
+            backward: each reads the sum entering it from the one entering
+            the first unit plus the units' taps projected to the rank
+            (B, N, rank), which are kept, recomputing the up-projections
+            and additions in between when backward recomputes the unit.
+            Same outputs and gradients (the same ops in the same order);
+            ``n (n - 1) / 2`` more up-projections and additions in backward
+            for ``n`` checkpointed units. Defaults to False.
         recompute_prefix_taps (bool): Keep none of the frozen prefix's tapped
             block inputs for backward: the prefix's taps run in one autograd
             function that saves only the images and runs blocks ``0..M`` again
