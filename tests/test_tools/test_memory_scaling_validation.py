@@ -59,3 +59,20 @@ def test_validation_is_within_one_percent_on_checkpointed_methods(tmp_path, repo
         assert allocator == pytest.approx(tensors + scratch)
         assert scratch >= 0
     assert 'kernel scratch' in capsys.readouterr().out
+
+
+def test_time_interleaves_real_steps(tmp_path, repo_root, capsys):
+    tool = load_tool(repo_root, 'memory_scaling')
+    tool.main(['--archs', 'vit-tiny-test', '--methods', 'dtl+', '--batch-size', '2',
+               '--img-size', '32', '--validate', '--time', 'dtl+ckpt_half',
+               'dtl+ckpt+rp+rs_half', '--time-arch', 'vit-tiny-test', '--time-batch-size', '2',
+               '--time-rounds', '2', '--work-dir', str(tmp_path)])
+    table = (tmp_path / 'memory_scaling.md').read_text()
+    assert 'Step time on CPU: vit-tiny-test, batch 2, 32 px, bf16 autocast, 2 interleaved' in table
+    assert 'torch ' + torch.__version__ in table and 'of the CPU meanwhile' in table
+    rows = [line for line in table.splitlines() if line.startswith('| dtl+ckpt')]
+    assert [r.split(' | ')[0] for r in rows] == ['| dtl+ckpt_half', '| dtl+ckpt+rp+rs_half']
+    assert rows[0].endswith('| 1.000 |')
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--time', 'dtl+cache'])  # a warm cache cannot be timed here
+    assert 'cannot be estimated' in capsys.readouterr().err

@@ -46,6 +46,15 @@ exceeds the estimate by it (``kernel_scratch_mb``, up to ~1 % at ViT-S/B
 sizes, more on tiny models). Checkpoints that recompute nothing random keep
 no RNG state (a 5 KB host tensor each, which the estimate does not see).
 
+**What memory costs in time.** ``--time METHOD ...`` runs real CPU steps
+(bf16 autocast, as estimated) of those methods on ``--time-arch`` at
+``--time-batch-size``, interleaved: ``--time-rounds`` rounds of one step of
+each method, in rotating order, after two warm-up steps each, so that a
+busy machine slows all methods alike. It prints the fastest and the median
+step of each (the fastest is the least disturbed by other processes), the
+CPU, PyTorch's version and the share of the CPU that other processes used
+meanwhile.
+
 ``--measured ARCH=CSV`` adds the peaks that ``benchmark.py`` measured (its
 ``benchmark.csv``; on a GPU ``max_memory_allocated``) next to the estimates:
 ``tools/analysis/gpu_check.sh`` uses it.
@@ -68,6 +77,7 @@ import io
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -188,6 +198,50 @@ def validate(bench, args) -> list:
     return rows
 
 
+def time_steps(bench, args) -> dict:
+    """Step times of ``args.time`` methods on real CPU tensors, interleaved
+    (see the module docstring): ``methods``, {method: (fastest ms, median
+    ms)}, and ``machine``, a description of the CPU and its load."""
+    import statistics
+
+    recipe = recipe_of(bench, args, args.time_arch)
+    steps = {}
+    for method in args.time:
+        torch.manual_seed(0)
+        model = bench.build_model(recipe, method, args.num_classes, args.img_size,
+                                  'bfloat16').train()
+        images = torch.randn(args.time_batch_size, 3, args.img_size, args.img_size)
+        labels = torch.randint(0, args.num_classes, (args.time_batch_size,))
+        steps[method] = bench.make_train_step(model, images, labels, amp=True)[1]
+        for _ in range(2):
+            steps[method]()
+    times = {method: [] for method in steps}
+    load = bench.OthersLoad()
+    for round_ in range(args.time_rounds):
+        order = list(steps)
+        order = order[round_ % len(order):] + order[:round_ % len(order)]
+        for method in order:
+            tic = time.perf_counter()
+            steps[method]()
+            times[method].append(time.perf_counter() - tic)
+    return dict(methods={m: (1000 * min(t), 1000 * statistics.median(t))
+                         for m, t in times.items()},
+                machine=(f'{bench.cpu_name()}, torch {torch.__version__}; other processes '
+                         f'used {load.fraction()} of the CPU meanwhile'))
+
+
+def timing_lines(args, timed: dict) -> list:
+    methods = timed['methods']
+    first = next(iter(methods))
+    lines = [f'Step time on CPU: {args.time_arch}, batch {args.time_batch_size}, '
+             f'{args.img_size} px, bf16 autocast, {args.time_rounds} interleaved rounds '
+             f'({timed["machine"]}):', '',
+             f'| method | fastest ms | median ms | fastest vs {first} |', '|---|---|---|---|']
+    lines += [f'| {m} | {best:.0f} | {median:.0f} | {best / methods[first][0]:.3f} |'
+              for m, (best, median) in methods.items()]
+    return lines + ['']
+
+
 def recipe_of(bench, args, arch: str) -> tuple:
     return arch_recipe(bench, arch, args.csn_start, args.csn_taps_from)
 
@@ -233,7 +287,7 @@ def fmt(value) -> str:
     return f'{value:,}' if isinstance(value, int) else str(value)
 
 
-def write_outputs(args, checks: list, rows: list) -> dict:
+def write_outputs(args, checks: list, rows: list, timed: Optional[dict] = None) -> dict:
     from mmdtl.utils.checkpoint import _write_text_atomic
 
     work_dir = Path(args.work_dir)
@@ -256,6 +310,8 @@ def write_outputs(args, checks: list, rows: list) -> dict:
                   f'{c["allocator_peak_mb"]:.2f} | {c["kernel_scratch_mb"]:.2f} | '
                   f'{100 * c["allocator_error"]:+.2f} % |' for c in checks]
         lines.append('')
+    if timed:
+        lines += timing_lines(args, timed)
     columns = COLUMNS + (MEASURED_COLUMNS if args.measured else [])
     lines += ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
     lines += ['| ' + ' | '.join(fmt(r[c]) for c in columns) + ' |' for r in rows]
@@ -345,20 +401,28 @@ def parse_args(argv=None):
     parser.add_argument('--measured', nargs='*', default=[], metavar='ARCH=CSV',
                         help="benchmark.py's benchmark.csv of an arch, to compare its "
                              "measured peaks with the estimates")
+    parser.add_argument('--time', nargs='+', metavar='METHOD',
+                        help='also time real CPU steps of these methods (bf16 autocast, '
+                             'interleaved rounds): what their memory costs in time')
+    parser.add_argument('--time-arch', default='vit-b', help='the arch of --time')
+    parser.add_argument('--time-batch-size', type=int, default=4)
+    parser.add_argument('--time-rounds', type=int, default=10)
     parser.add_argument('--work-dir', default='work_dirs/memory_scaling')
     args = parser.parse_args(argv)
     bench = load_benchmark()
     known = bench.arch_names()
-    for arch in args.archs + args.validate:
+    for arch in args.archs + args.validate + ([args.time_arch] if args.time else []):
         if arch not in known:
             parser.error(f'unknown arch {arch!r}; choose from {known}')
     # A warm cache and packed weights need real data and kernels, not fake tensors.
     allowed = [m for m in bench.ALL_METHODS if 'cache' not in m and 'packed' not in m]
-    for method in args.methods + args.validate_methods:
+    for method in args.methods + args.validate_methods + (args.time or []):
         if method not in allowed:
             parser.error(f'method {method!r} cannot be estimated; choose from {allowed}')
-    if args.batch_size < 1 or args.validate_batch_size < 1:
-        parser.error('--batch-size and --validate-batch-size must be >= 1')
+    if min(args.batch_size, args.validate_batch_size, args.time_batch_size,
+           args.time_rounds) < 1:
+        parser.error('--batch-size, --validate-batch-size, --time-batch-size and '
+                     '--time-rounds must be >= 1')
     return args, bench
 
 
@@ -392,7 +456,11 @@ def main(argv=None):
                           f'from {op}')
     if args.measured:
         add_measured(rows, read_measured(args.measured))
-    paths = write_outputs(args, checks, rows)
+    timed = None
+    if args.time:
+        print(f'Timing real CPU steps of {args.time_arch}: {", ".join(args.time)}', flush=True)
+        timed = time_steps(bench, args)
+    paths = write_outputs(args, checks, rows, timed)
     print(Path(paths['md']).read_text())
     print('wrote', ', '.join(paths.values()))
     worst = max(checks, key=lambda c: abs(c['error']), default=None)
