@@ -500,8 +500,8 @@ def write_report(work_dir: Path, args, info: dict, env_info: dict, install_info:
                   'is a GPU measurement.', '']
     total = time.monotonic() - started
     lines += [f'{now}, commit {commit}; Python {info["python"]} ({info["executable"]}), '
-              f'torch {info["torch"]}; {total:.0f} s in all (budget {args.budget_s:g} s '
-              f'for the steps).', '']
+              f'torch {info["torch"]}; {total:.0f} s in all (budget {args.budget_s:g} s).',
+              '']
     if install_info:
         lines += [f'Wheel folder `{install_info["wheels"]}`: installed into `{args.site}`: '
                   f'{", ".join(install_info["installed"]) or "nothing"}; the machine\'s own: '
