@@ -485,8 +485,11 @@ def write_report(work_dir: Path, args, info: dict, env_info: dict, install_info:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    commit = subprocess.run(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'],
-                            capture_output=True, text=True).stdout.strip() or '?'
+    try:  # the copy on the device machine may come without git or .git
+        commit = subprocess.run(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'],
+                                capture_output=True, text=True).stdout.strip() or '?'
+    except OSError:
+        commit = '?'
     now = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
     lines = ['# mmdtl GPU check (offline)', '']
     if device == 'cuda':
