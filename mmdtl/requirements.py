@@ -34,6 +34,8 @@ EXTRAS: Dict[str, Dict[str, str]] = {
 }
 #: checked at ``import mmdtl`` (the rest only matter to pip)
 CHECKED_AT_IMPORT = ('torch', 'mmengine', 'mmcv', 'mmpretrain')
+#: other distributions that install the same module (mmcv's build without ops)
+SAME_MODULE = {'mmcv': ('mmcv-lite', )}
 
 
 def requirement_lines(specs: Dict[str, str]) -> List[str]:
@@ -72,9 +74,14 @@ def check_requirements(version_of: Optional[Callable[[str], str]] = None) -> Non
     version_of = version_of or metadata.version
     for name in CHECKED_AT_IMPORT:
         spec = REQUIRED[name]
-        try:
-            version = version_of(name)
-        except metadata.PackageNotFoundError:
+        version = None
+        for distribution in (name, ) + SAME_MODULE.get(name, ()):
+            try:
+                version = version_of(distribution)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+        if version is None:
             raise ImportError(f'mmdtl needs {name}{spec}, which is not installed: '
                               f'pip install "{name}{spec}" (mmcv: see docs/installation.md)'
                               ) from None

@@ -36,6 +36,16 @@ def test_tested_versions_pass_and_others_give_one_line():
                        'installed'):
         check_requirements(without_mmpretrain)
 
+    def lite(name):  # mmcv built without ops installs the module as mmcv-lite
+        from importlib.metadata import PackageNotFoundError
+        versions = dict(TESTED, **{'mmcv-lite': '2.1.0'})
+        versions.pop('mmcv')
+        if name not in versions:
+            raise PackageNotFoundError(name)
+        return versions[name]
+
+    check_requirements(lite)
+
 
 def test_import_mmdtl_with_an_incompatible_mmcv(tmp_path):
     # a distribution's metadata earlier on sys.path is the one importlib finds
