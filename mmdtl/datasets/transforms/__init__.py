@@ -1,8 +1,8 @@
 import importlib.util
 
-from .loading import LoadImageFromFile, LoadImageFromFilePIL, register_loader
+from .loading import LoadImageFromFile, LoadImageFromFilePIL, ToGrayscale, register_loader
 
-__all__ = ['LoadImageFromFile', 'LoadImageFromFilePIL']
+__all__ = ['LoadImageFromFile', 'LoadImageFromFilePIL', 'ToGrayscale']
 
 # mmcv's loader with errors naming the file, under its own name, in the
 # dense-prediction scopes too (their registries would fall back to mmcv's).

@@ -1,12 +1,15 @@
 """Image decoding: as the DTL release does it (PIL, RGB, no EXIF rotation),
-and mmcv's loader with errors that name the file."""
+mmcv's loader with errors that name the file, and grey images from colour
+input for grey models."""
 import io
 import os
 import os.path as osp
 from typing import Optional
 
+import mmcv
 import mmengine.fileio as fileio
 import numpy as np
+from mmcv.transforms import BaseTransform
 from mmcv.transforms import LoadImageFromFile as MMCVLoadImageFromFile
 from mmpretrain.registry import TRANSFORMS
 from PIL import Image
@@ -52,8 +55,16 @@ class LoadImageFromFilePIL(MMCVLoadImageFromFile):
     that names the file, in the main process or re-raised from a dataloader
     worker.
 
-    Required keys: ``img_path``. Added keys: ``img``, ``img_shape``,
-    ``ori_shape``.
+    A result without ``img_path`` that already holds an ``img`` array is
+    passed through with the array as it is (only ``to_float32`` applies):
+    mmpretrain's ``ImageClassificationInferencer`` removes only transforms
+    named ``LoadImageFromFile`` from the test pipeline and hands the rest
+    the arrays it decoded (paths: mmcv's ``imread``, cv2, BGR) or was
+    given. Such an array must be in this loader's channel order (BGR by
+    default, as mmcv and the inferencer give it).
+
+    Required keys: ``img_path`` (or ``img``). Added keys: ``img``,
+    ``img_shape``, ``ori_shape``.
 
     Args:
         to_float32 (bool): Return a float32 array instead of uint8.
@@ -85,19 +96,35 @@ class LoadImageFromFilePIL(MMCVLoadImageFromFile):
         """Read ``results['img_path']`` into ``results['img']``.
 
         Args:
-            results (dict): The result dict with ``img_path``.
+            results (dict): The result dict with ``img_path``, or with an
+                ``img`` array decoded before the pipeline.
 
         Returns:
             dict | None: The result dict with the image, or None for an
             unreadable file with ``ignore_empty=True``.
         """
-        filename = results['img_path']
+        filename = results.get('img_path')
+        if filename is None:
+            return self._decoded(results)
         try:
             img = self._decode(filename)
         except OSError:
             if self.ignore_empty:
                 return None
             raise
+        if self.to_float32:
+            img = img.astype(np.float32)
+        results['img'] = img
+        results['img_shape'] = img.shape[:2]
+        results['ori_shape'] = img.shape[:2]
+        return results
+
+    def _decoded(self, results: dict) -> dict:
+        """An image decoded before the pipeline (an inference API): kept."""
+        img = results.get('img')
+        if not isinstance(img, np.ndarray):
+            raise KeyError(f'{type(self).__name__}: the result has neither an img_path to '
+                           f'read nor an img array (keys: {sorted(results)}).')
         if self.to_float32:
             img = img.astype(np.float32)
         results['img'] = img
@@ -175,6 +202,67 @@ class LoadImageFromFile(MMCVLoadImageFromFile):
         else:
             reason = _first_line(error)
         return decode_error(owner, filename, size, reason)
+
+
+@TRANSFORMS.register_module()
+class ToGrayscale(BaseTransform):
+    """Make ``results['img']`` one channel, as a grey loader gives it.
+
+    Configs of grey models (the demo's 1-channel ViT) read their images with
+    ``LoadImageFromFile(color_type='grayscale')``, which gives 2-D arrays;
+    this transform leaves those unchanged, so training and testing see the
+    same tensors with or without it. It serves the inference APIs, which
+    bypass that loader: mmpretrain's ``ImageClassificationInferencer``
+    decodes a path in colour itself (mmcv's ``imread``: B = G = R for a grey
+    file) and hands arrays on as given. A 3-channel image is converted with
+    mmcv's ``bgr2gray`` / ``rgb2gray`` (cv2, ITU-R BT.601 weights), which
+    returns the grey value exactly where the three channels are equal: a
+    grey image reaches the model bit for bit as the grey loader reads it.
+    (A colour file can differ: the grey loader takes the grey that cv2's
+    PNG decoder makes (off by one level here and there) or the JPEG's own
+    luma plane (off by more).)
+
+    Required keys: ``img``. Modified keys: ``img`` (2-D for 3-channel
+    input; 2-D and ``(H, W, 1)`` input is unchanged).
+
+    Args:
+        channel_order (str): Order of a 3-channel input, ``'bgr'`` (mmcv's
+            and the inferencers' convention) or ``'rgb'``. Defaults to
+            ``'bgr'``.
+    """
+
+    def __init__(self, channel_order: str = 'bgr') -> None:
+        if channel_order not in ('bgr', 'rgb'):
+            raise ValueError(f'{type(self).__name__}: channel_order must be \'bgr\' or '
+                             f'\'rgb\', got {channel_order!r}.')
+        self.channel_order = channel_order
+
+    def transform(self, results: dict) -> dict:
+        """Convert ``results['img']`` to one channel if it has three.
+
+        Args:
+            results (dict): The result dict with ``img``.
+
+        Returns:
+            dict: The result dict.
+        """
+        img = results['img']
+        if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+            return results
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(
+                f'{type(self).__name__}: expected a grey (H, W) or {self.channel_order.upper()} '
+                f'(H, W, 3) image, got shape {tuple(img.shape)} '
+                f'({results.get("img_path") or "an array"}); drop the alpha channel first.')
+        if img.dtype not in (np.uint8, np.uint16, np.float32):
+            raise ValueError(f'{type(self).__name__}: cannot convert a {img.dtype} image; '
+                             'give uint8, uint16 or float32.')
+        convert = mmcv.bgr2gray if self.channel_order == 'bgr' else mmcv.rgb2gray
+        results['img'] = convert(np.ascontiguousarray(img))
+        return results
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(channel_order={self.channel_order!r})'
 
 
 def register_loader(registry) -> None:
