@@ -41,6 +41,9 @@ model = dict(
 data_preprocessor = dict(num_classes=num_classes, mean=[127.5], std=[127.5], to_rgb=False)
 pipeline = [
     dict(type='LoadImageFromFile', color_type='grayscale'),
+    # No-op on the loader's grey images; one channel again for the inference
+    # APIs, which decode paths in colour and pass arrays as given.
+    dict(type='ToGrayscale'),
     dict(type='PackInputs'),
 ]
 train_dataloader = dict(
