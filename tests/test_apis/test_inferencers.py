@@ -342,12 +342,8 @@ def test_det_inferencer(path, tmp_path):
                                        rtol=0, atol=1e-4)
 
 
-# CheckSegLabels, which the mmseg configs put after LoadAnnotations, stays in
-# the pipeline MMSegInferencer builds without LoadAnnotations and reads the
-# missing gt_seg_map. The fix (pass a result without gt_seg_map through)
-# belongs to mmdtl/datasets/transforms/seg_labels.py.
-@pytest.mark.xfail(raises=KeyError, strict=True,
-                   reason="CheckSegLabels reads 'gt_seg_map', which inference has not")
+# CheckSegLabels stays in the pipeline MMSegInferencer builds without
+# LoadAnnotations: it must pass a result without gt_seg_map through.
 @pytest.mark.parametrize('path', SEGMENTATION)
 def test_mmseg_inferencer(path, tmp_path):
     pytest.importorskip('mmseg')

@@ -54,7 +54,13 @@ class CheckSegLabels(BaseTransform):
         self.check_bit_depth = check_bit_depth
 
     def transform(self, results: dict) -> dict:
-        """Check ``results['gt_seg_map']``; return ``results`` unchanged."""
+        """Check ``results['gt_seg_map']``; return ``results`` unchanged.
+
+        Inference has no label map (``MMSegInferencer`` drops
+        ``LoadAnnotations``, not this check): nothing to check then.
+        """
+        if 'gt_seg_map' not in results:
+            return results
         seg = results['gt_seg_map']
         path = results.get('seg_map_path', '<no seg_map_path>')
         if seg.ndim != 2:
