@@ -416,7 +416,8 @@ def parse_args(argv=None):
             parser.error(f'unknown arch {arch!r}; choose from {known}')
     # A warm cache and packed weights need real data and kernels, not fake tensors.
     allowed = [m for m in bench.ALL_METHODS if 'cache' not in m and 'packed' not in m]
-    for method in args.methods + args.validate_methods + (args.time or []):
+    validated = args.validate_methods if args.validate else []
+    for method in args.methods + validated + (args.time or []):
         if method not in allowed:
             parser.error(f'method {method!r} cannot be estimated; choose from {allowed}')
     if min(args.batch_size, args.validate_batch_size, args.time_batch_size,
