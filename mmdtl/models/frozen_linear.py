@@ -10,12 +10,14 @@ different summation order).
 
 Whether packing is faster depends on the CPU and the PyTorch build: oneDNN's
 packed GEMM against the default CPU matmul, plus the Python dispatch of every
-op of the forward while the packs are active. On one AMD EPYC a ViT-B DTL+
-step once took 0.6x the time with packing; on the same machine kind with
-torch 2.13, and on an Intel Xeon, it gains little or nothing (see
-``dtl+packed`` in ``tools/analysis/benchmark.py``). ``'auto'``
+op of the forward while the packs are active. A ViT-B DTL+ step (batch 4,
+fp32) on the development machine's 2-core AMD EPYC took 0.6x the time with
+packing in early runs and 0.95x with torch 2.13; on an Intel Xeon it gained
+nothing (``dtl+packed`` against ``dtl+`` in ``tools/analysis/benchmark.py``,
+whose output names the CPU and torch). ``'auto'``
 (:func:`build_frozen_linear_packs`) therefore times both on the first
-training step's real shapes and keeps the faster; ``True`` always packs.
+training step's real shapes and packs only where that pays; ``True`` always
+packs.
 
 Only calls that are exactly equivalent are rerouted: fp32 CPU tensors,
 weight and bias without ``requires_grad``, CPU autocast off, not inside
