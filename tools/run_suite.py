@@ -750,7 +750,8 @@ def ablation_benchmark(suite: str) -> Tuple[List[str], Dict[str, List[str]]]:
     return list(VTAB1K_TASKS), dict(VTAB1K_GROUPS)
 
 
-def setting_memory(suite: str, run: Run, suite_dir: str, compute: bool) -> Optional[dict]:
+def setting_memory(suite: str, run: Run, suite_dir: str, compute: bool,
+                   store: bool = True) -> Optional[dict]:
     """Trainable parameters and step memory of a setting (on the config of
     ``run``), cached in ``<setting>/memory.json`` under the config's text."""
     import hashlib
@@ -774,8 +775,9 @@ def setting_memory(suite: str, run: Run, suite_dir: str, compute: bool) -> Optio
     record = dict(config_step_memory(cfg, fake=mode == 'fake'), key=key, mode=mode,
                   config=osp.relpath(run.config, REPO),
                   batch_size=cfg.train_dataloader.batch_size)
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    write_json(path, record)
+    if store:
+        os.makedirs(osp.dirname(path), exist_ok=True)
+        write_json(path, record)
     return record
 
 
@@ -799,7 +801,10 @@ def collect_ablation(suite: str, runs: List[Run], suite_dir: str, write: bool) -
             if top1 is not None:
                 results[run.setting].setdefault(run.dataset, {})[run.seed] = top1
     rows = ablation_table(results, tasks, groups)
-    memory = {name: setting_memory(suite, run, suite_dir, compute=write)
+    # an estimate on fake tensors costs no data and seconds: a dry run shows it too
+    memory = {name: setting_memory(suite, run, suite_dir,
+                                   compute=write or ABLATION_MEMORY[suite] == 'fake',
+                                   store=write)
               for name, run in first.items()}
     from mmengine.config import Config
     configs = list(OrderedDict.fromkeys(run.config for run in runs))

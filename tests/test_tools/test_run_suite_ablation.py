@@ -107,6 +107,12 @@ def test_vtab_suite_tries_every_kernel_around_the_per_task_kernels(tmp_path):
     assert len(runs) == len(settings) * 19
     text = run_suite.collect_ablation('ablation-vtab-vit', runs, str(tmp_path), write=False)
     assert '| base | M=6, rank 2, k per task, taps 0-11 |' in text
+    # the dry run estimates every setting's memory on fake tensors, stores nothing
+    rows = {line.split(' | ')[0][2:]: line.split(' | ') for line in text.splitlines()
+            if line.startswith('| ') and ' MB' in line}
+    activations = {name: float(cells[-3].split()[0]) for name, cells in rows.items()}
+    assert activations['M=2'] > activations['M=4'] > activations['base'] > activations['M=8']
+    assert not list(tmp_path.rglob('memory.json'))
 
 
 def test_last_validation_stands_for_the_test_when_the_loaders_are_one(tmp_path):
