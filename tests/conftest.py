@@ -29,3 +29,25 @@ def _restore_default_scope():
     saved = copy.copy(DefaultScope._instance_dict)
     yield
     DefaultScope._instance_dict = saved
+
+
+def _load_cli(relpath: str):
+    """Import a script under tools/ as a module, to call its ``main(argv)``.
+
+    The one place tests load a script by file path, and only to test its
+    command line in process (no interpreter start-up); anything else a tool
+    does lives in the package and is imported normally.
+    """
+    import importlib.util
+    path = REPO / relpath
+    name = '_cli_' + relpath.replace('/', '_').replace('.', '_')
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='session')
+def load_cli():
+    """``load_cli('tools/train.py').main(argv)``: a tool's command line in process."""
+    return _load_cli

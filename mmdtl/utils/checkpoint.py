@@ -27,6 +27,7 @@ Saving
     once the new one is complete. :func:`save_checkpoint_atomic` does the same
     for a checkpoint dict (tools, converters).
 """
+import contextlib
 import functools
 import hashlib
 import os
@@ -36,7 +37,7 @@ import pickletools
 import re
 import uuid
 import zipfile
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Union
 
 import numpy as np
 import torch
@@ -444,16 +445,33 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _write_text_atomic(path: str, text: str) -> None:
-    """Atomically replace a small text file (``last_checkpoint``)."""
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = 'w', **kwargs) -> Iterator[IO]:
+    """Open a temporary file next to ``path``; it replaces ``path`` only once
+    the ``with`` block ends without an error (a kill leaves the old file).
+
+    Args:
+        path (str): The file to write.
+        mode (str): ``'w'`` (text) or ``'wb'`` (binary).
+        **kwargs: Passed to :func:`open` (``encoding``, ``newline``).
+    """
+    if mode not in ('w', 'wb'):
+        raise ValueError(f"atomic_open: mode must be 'w' or 'wb', not {mode!r}")
     tmp = _tmp_path(path)
     try:
-        with open(tmp, 'x', encoding='utf-8') as f:
-            f.write(text)
+        # 'x' respects the umask (unlike mkstemp's 0600) and never clobbers.
+        with open(tmp, mode.replace('w', 'x'), **kwargs) as f:
+            yield f
         _commit(tmp, path)
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Atomically replace a text file (``last_checkpoint``, reports)."""
+    with atomic_open(path, 'w', encoding='utf-8') as f:
+        f.write(text)
 
 
 class _AtomicSaveRunner:
@@ -564,7 +582,7 @@ class AtomicCheckpointHook(CheckpointHook):
 
         if not is_main_process():
             return
-        _write_text_atomic(osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt)
+        write_text_atomic(osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt)
 
         if outdated is not None:
             path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(outdated))
