@@ -1,10 +1,11 @@
-"""One writer for every tool's report: markdown, CSV and PNG, each atomic.
+"""One writer for every tool's report: markdown, CSV, JSON and PNG, each atomic.
 
 A tool builds its rows (a header and lists, or dicts keyed by column) and
 hands them here, so that every report is written the same way: a kill while
 writing leaves the previous file, never half a table.
 """
 import csv
+import json
 import os
 import os.path as osp
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -64,6 +65,23 @@ def write_csv(path: str, header: Sequence[str], rows: Sequence[Row],
         for row in rows:
             writer.writerow(['' if cell is None else (fmt(cell) if fmt else cell)
                              for cell in _cells(row, header)])
+    return str(path)
+
+
+def write_json(path: str, obj: Any, indent: int = 2) -> str:
+    """Write ``obj`` as JSON atomically (the folder is created); returns ``path``.
+
+    A tool that skips finished work when its JSON exists (``results.json`` of
+    a suite's run, ``result.json`` of a demo run) never sees half a file.
+
+    Args:
+        path (str): The file to write.
+        obj: What :func:`json.dump` accepts.
+        indent (int): Indentation of the JSON text. Defaults to 2.
+    """
+    _make_parent(path)
+    with atomic_open(str(path), 'w', encoding='utf-8') as f:
+        json.dump(obj, f, indent=indent)
     return str(path)
 
 

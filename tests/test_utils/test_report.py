@@ -1,10 +1,17 @@
-"""The one report writer: markdown, CSV and PNG, each replaced atomically."""
+"""The one report writer: markdown, CSV, JSON and PNG, each replaced atomically."""
 import csv
+import json
 
 import pytest
 
-from mmdtl.utils.report import (markdown_table, new_figure, save_figure, write_csv,
-                                write_markdown)
+from mmdtl.utils.report import (
+    markdown_table,
+    new_figure,
+    save_figure,
+    write_csv,
+    write_json,
+    write_markdown,
+)
 
 
 def test_markdown_table_from_lists_and_dicts():
@@ -47,3 +54,12 @@ def test_markdown_and_png_are_written(tmp_path):
     png = save_figure(fig, tmp_path / 'r.png')
     assert open(png, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ['r.md', 'r.png']
+
+
+def test_json_is_written_whole_or_not_at_all(tmp_path):
+    path = write_json(tmp_path / 'run' / 'result.json', {'top1': 91.5, 'seed': 0})
+    assert json.loads(open(path).read()) == {'top1': 91.5, 'seed': 0}
+    with pytest.raises(TypeError):  # not JSON: the previous file stays
+        write_json(path, {'top1': object()})
+    assert json.loads(open(path).read()) == {'top1': 91.5, 'seed': 0}
+    assert [p.name for p in (tmp_path / 'run').iterdir()] == ['result.json']
