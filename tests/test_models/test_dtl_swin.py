@@ -1,6 +1,5 @@
 """DTLSwin + the Swin converter: equations, stages, memory, freezing, counts,
 checkpoints and errors. Tiny archs only; Swin-B is built, never run."""
-import importlib.util
 import math
 import re
 from pathlib import Path
@@ -13,6 +12,7 @@ from mmpretrain.models import SwinTransformer
 from mmpretrain.registry import MODELS
 
 import mmdtl  # noqa: F401
+from mmdtl.converters import swin as converter
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = dict(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4])
@@ -350,17 +350,11 @@ def test_old_format_checkpoint_loads(tmp_path):
 
 
 # ----------------------------------------------------------------------------
-# tools/model_converters/swin_to_mmpretrain.py
+# mmdtl.converters.swin and tools/model_converters/swin_to_mmpretrain.py
 
-def load_converter():
-    path = REPO / 'tools' / 'model_converters' / 'swin_to_mmpretrain.py'
-    spec = importlib.util.spec_from_file_location('swin_to_mmpretrain', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-converter = load_converter()
+@pytest.fixture(scope='module')
+def converter_cli(load_cli):
+    return load_cli('tools/model_converters/swin_to_mmpretrain.py')
 
 
 def official_index(window):
@@ -489,11 +483,11 @@ def test_unfold_permutation_is_needed():
         [0, 6, 3, 9, 1, 7, 4, 10, 2, 8, 5, 11]]
 
 
-def test_converter_cli_and_dtl_swin_loading(tmp_path):
+def test_converter_cli_and_dtl_swin_loading(tmp_path, converter_cli):
     src, dst = tmp_path / 'swin_official.pth', tmp_path / 'out' / 'swin_mmpretrain.pth'
     official = official_checkpoint()
     torch.save({'model': official}, src)
-    assert converter.main([str(src), str(dst), '--keep-head']) == 0
+    assert converter_cli.main([str(src), str(dst), '--keep-head']) == 0
     assert sorted(p.name for p in dst.parent.iterdir()) == [dst.name]  # no temp left
     ckpt = torch.load(dst, map_location='cpu', weights_only=True)
     assert ckpt['meta']['layout'] == 'official' and ckpt['meta']['head']['kept']
@@ -510,7 +504,7 @@ def test_converter_cli_and_dtl_swin_loading(tmp_path):
     assert all(p.abs().sum() == 0 for p in model.csn.up_projs.values())
 
 
-def test_converter_errors(tmp_path, capsys):
+def test_converter_errors(tmp_path, capsys, converter_cli):
     official = official_checkpoint()
     # Already in mmpretrain format: not a Swin release layout.
     state_dict, _ = converter.convert_swin(official)
@@ -527,11 +521,11 @@ def test_converter_errors(tmp_path, capsys):
     # Pickled objects are refused (weights_only=True), naming the file.
     bad = tmp_path / 'pickled.pth'
     torch.save({'model': official, 'config': _Opaque()}, bad)  # e.g. a yacs config
-    assert converter.main([str(bad), str(tmp_path / 'o.pth')]) == 1
+    assert converter_cli.main([str(bad), str(tmp_path / 'o.pth')]) == 1
     err = capsys.readouterr().err
     assert 'pickled.pth' in err and 'weights_only=True' in err
     assert not (tmp_path / 'o.pth').exists()
-    assert converter.main([str(tmp_path / 'missing.pth'), str(tmp_path / 'o.pth')]) == 1
+    assert converter_cli.main([str(tmp_path / 'missing.pth'), str(tmp_path / 'o.pth')]) == 1
     assert 'missing.pth: no such file' in capsys.readouterr().err
 
 

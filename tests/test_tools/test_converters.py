@@ -1,12 +1,11 @@
-"""Tests of tools/model_converters: Google ViT .npz -> mmpretrain and
-official DTL -> mmdtl.
+"""Tests of mmdtl.converters and their command lines (tools/model_converters):
+Google ViT .npz -> mmpretrain and official DTL -> mmdtl.
 
 Checkpoints are generated here with the real key layouts of a tiny ViT, and
 every conversion is checked against a forward pass reimplemented in this file
 from the source layout (float64), not through the converted keys.
 """
 import argparse
-import importlib.util
 import os
 import subprocess
 import sys
@@ -17,6 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mmdtl.converters import official_dtl, vit_npz
+from mmdtl.utils import save_checkpoint_atomic
+
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / 'tools' / 'model_converters'
 
@@ -25,15 +27,19 @@ DIMS, HEADS, MLP, PATCH, GRID, CLASSES = 32, 4, 64, 4, 4, 5
 IMG = PATCH * GRID
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'_converter_{name}', TOOLS / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope='module')
+def npz_cli(load_cli):
+    return load_cli('tools/model_converters/vit_npz_to_mmpretrain.py')
 
 
-npz_tool = _load_tool('vit_npz_to_mmpretrain')
-dtl_tool = _load_tool('official_dtl_to_mmdtl')
+@pytest.fixture(scope='module')
+def dtl_cli(load_cli):
+    return load_cli('tools/model_converters/official_dtl_to_mmdtl.py')
+
+
+@pytest.fixture(scope='module')
+def swin_cli(load_cli):
+    return load_cli('tools/model_converters/swin_to_mmpretrain.py')
 
 
 def _run_tool(name, *args):
@@ -185,13 +191,13 @@ def test_npz_to_mmpretrain_matches_google_forward(tmp_path):
 @pytest.mark.parametrize('layout', ['opt/target', 'big_vision'])
 def test_npz_prefixed_and_stacked_layouts(layout):
     weights = make_google_npz()
-    reference, _ = npz_tool.convert_npz(weights)
+    reference, _ = vit_npz.convert_npz(weights)
     if layout == 'opt/target':  # a flax training checkpoint: optimizer state beside it
         other = {'opt/target/' + k: v for k, v in weights.items()}
         other['opt/state/step'] = np.array(1000)
     else:
         other = to_big_vision(weights)
-    converted, meta = npz_tool.convert_npz(other, src=f'{layout}.npz')
+    converted, meta = vit_npz.convert_npz(other, src=f'{layout}.npz')
     assert converted.keys() == reference.keys()
     for key, value in reference.items():
         assert torch.equal(converted[key], value), key
@@ -206,7 +212,7 @@ def test_npz_keep_head():
                              (24, VisionTransformerClsHead(num_classes=7, in_channels=DIMS,
                                                            hidden_dim=24))):
         weights = make_google_npz(pre_logits=pre_logits)
-        state_dict, meta = npz_tool.convert_npz(
+        state_dict, meta = vit_npz.convert_npz(
             weights, keep_head=True, head_type=type(head).__name__)
         assert meta['head']['kept']
         model = _tiny_vit()
@@ -220,8 +226,8 @@ def test_npz_keep_head():
         torch.testing.assert_close(
             logits.double(), google_vit_forward(weights, images)[2], atol=1e-5, rtol=1e-5)
     # A tanh pre-logits layer cannot live in a LinearClsHead.
-    with pytest.raises(npz_tool.ConversionError, match='VisionTransformerClsHead'):
-        npz_tool.convert_npz(make_google_npz(pre_logits=24), src='x.npz', keep_head=True)
+    with pytest.raises(vit_npz.ConversionError, match='VisionTransformerClsHead'):
+        vit_npz.convert_npz(make_google_npz(pre_logits=24), src='x.npz', keep_head=True)
 
 
 def _broken_npz(kind):
@@ -241,13 +247,13 @@ def _broken_npz(kind):
     ('not_vit', 'unknown key layout'),
     ('not_npz', 'not a readable .npz'),
 ])
-def test_npz_errors_name_the_file(tmp_path, capsys, kind, match):
+def test_npz_errors_name_the_file(tmp_path, capsys, kind, match, npz_cli):
     src, dst = tmp_path / f'bad_{kind}.npz', tmp_path / 'out.pth'
     if kind == 'not_npz':
         src.write_text('this is not an archive')
     else:
         np.savez(src, **_broken_npz(kind))
-    assert npz_tool.main([str(src), str(dst)]) == 1
+    assert npz_cli.main([str(src), str(dst)]) == 1
     err = capsys.readouterr().err
     assert str(src) in err and match in err
     assert not dst.exists() and sorted(p.name for p in tmp_path.iterdir()) == [src.name]
@@ -356,14 +362,14 @@ def _build_classifier(config):
     ('vit-b_vtab-cifar_dtl.py', 0, 4, (0, 2), 2),  # DTL: a subset of taps
 ])
 def test_official_dtl_matches_official_forward(tmp_path, capsys, base, fusion, depth, taps,
-                                               start):
+                                               start, dtl_cli):
     official = make_official_dtl(depth=depth, taps=taps, fusion=fusion)
     src, dst = tmp_path / 'official.pth', tmp_path / 'mmdtl.pth'
     # The layout of timm's checkpoint saver: a wrapper with argparse args.
     torch.save({'epoch': 99, 'state_dict': official,
                 'args': argparse.Namespace(r=2, lora_before_blocks=[str(t) for t in taps])}, src)
     config = write_tiny_config(tmp_path, base, depth, taps, start)
-    assert dtl_tool.main([str(src), str(dst), '--config', str(config)]) == 0
+    assert dtl_cli.main([str(src), str(dst), '--config', str(config)]) == 0
     out = capsys.readouterr().out
     assert 'rank=2' in out and 'strict=True' in out
     assert (f'kernel {fusion}' if fusion else 'DWConv: no') in out
@@ -384,7 +390,7 @@ def test_official_dtl_matches_official_forward(tmp_path, capsys, base, fusion, d
 
 def test_official_dtl_subprocess_and_wrappers(tmp_path):
     official = make_official_dtl()
-    reference, _ = dtl_tool.convert_official(official)
+    reference, _ = official_dtl.convert_official(official)
     src, dst = tmp_path / 'ddp.pth', tmp_path / 'sub' / 'mmdtl.pth'
     torch.save({'model': {'module.' + k: v for k, v in official.items()}}, src)
     result = _run_tool('official_dtl_to_mmdtl', src, dst)
@@ -399,7 +405,7 @@ def test_official_dtl_subprocess_and_wrappers(tmp_path):
     # --use-ema picks the EMA weights of timm's checkpoint saver.
     ema = {k: v + 1 for k, v in official.items()}
     torch.save({'state_dict': official, 'state_dict_ema': ema}, src)
-    loaded = dtl_tool.load_official(str(src), use_ema=True)
+    loaded = official_dtl.load_official(str(src), use_ema=True)
     assert torch.equal(loaded['cls_token'], ema['cls_token'])
 
 
@@ -414,7 +420,7 @@ class _NotATensor:
     ('pickle', 'weights_only=True'),
     ('config', 'csn.dwconv_kernel=0'),
 ])
-def test_official_dtl_errors_name_the_file(tmp_path, capsys, kind, match):
+def test_official_dtl_errors_name_the_file(tmp_path, capsys, kind, match, dtl_cli):
     official = make_official_dtl(depth=2, taps=(0, 1))
     src, dst = tmp_path / f'bad_{kind}.pth', tmp_path / 'out.pth'
     args = [str(src), str(dst)]
@@ -431,14 +437,14 @@ def test_official_dtl_errors_name_the_file(tmp_path, capsys, kind, match):
         config = write_tiny_config(tmp_path, 'vit-b_vtab-cifar_dtl.py', 2, (0, 1), 1)
         args += ['--config', str(config)]
     torch.save(official, src)
-    assert dtl_tool.main(args) == 1
+    assert dtl_cli.main(args) == 1
     err = capsys.readouterr().err
     assert match in err and str(src if kind != 'config' else config) in err
     assert not dst.exists()
 
 
 @pytest.mark.parametrize('lora', [True, False], ids=['released_dtl', 'plain_timm'])
-def test_official_dtl_backbone_only_feeds_pretrained(tmp_path, capsys, lora):
+def test_official_dtl_backbone_only_feeds_pretrained(tmp_path, capsys, lora, dtl_cli):
     """--backbone-only: the trunk as bare mmpretrain keys, loaded by init_cfg=Pretrained
     through the frozen-trunk check (a plain timm ViT converts this way too)."""
     from mmengine.registry import DefaultScope
@@ -447,15 +453,15 @@ def test_official_dtl_backbone_only_feeds_pretrained(tmp_path, capsys, lora):
     official = make_official_dtl(depth=2, taps=(0, 1))
     if not lora:
         official = {k: v for k, v in official.items() if not k.startswith('lora_')}
-        assert dtl_tool.main([str(tmp_path / 'missing.pth'), str(tmp_path / 'x.pth')]) == 1
+        assert dtl_cli.main([str(tmp_path / 'missing.pth'), str(tmp_path / 'x.pth')]) == 1
         src = tmp_path / 'timm.pth'
         torch.save(official, src)
-        assert dtl_tool.main([str(src), str(tmp_path / 'x.pth')]) == 1  # no side network
+        assert dtl_cli.main([str(src), str(tmp_path / 'x.pth')]) == 1  # no side network
         assert 'plain timm ViT (no lora_dict.*): convert it with --backbone-only' in \
             capsys.readouterr().err
     src, dst = tmp_path / 'src.pth', tmp_path / 'trunk.pth'
     torch.save(official, src)
-    assert dtl_tool.main([str(src), str(dst), '--backbone-only']) == 0
+    assert dtl_cli.main([str(src), str(dst), '--backbone-only']) == 0
     state = torch.load(dst, map_location='cpu', weights_only=True)['state_dict']
     assert not any(k.startswith(('backbone.', 'csn.', 'head.')) for k in state)
     assert torch.equal(state['ln1.weight'], official['norm.weight'])
@@ -482,7 +488,7 @@ class _RunsCommand:
 
 
 @pytest.mark.parametrize('zip_format', [True, False], ids=['zip', 'legacy'])
-def test_official_dtl_refusal_names_the_global(tmp_path, capsys, zip_format):
+def test_official_dtl_refusal_names_the_global(tmp_path, capsys, zip_format, dtl_cli):
     """The refused global is named, in the legacy torch.save format too (torch's message
     for it does not say 'WeightsUnpickler error:', and the name used to be lost)."""
     marker = tmp_path / 'pwned'
@@ -490,20 +496,20 @@ def test_official_dtl_refusal_names_the_global(tmp_path, capsys, zip_format):
     official = make_official_dtl(depth=2, taps=(0, 1))
     torch.save(dict(model=official, args=argparse.Namespace(lr=1.0), extra=_RunsCommand(marker)),
                src, _use_new_zipfile_serialization=zip_format)
-    assert dtl_tool.main([str(src), str(tmp_path / 'out.pth')]) == 1
+    assert dtl_cli.main([str(src), str(tmp_path / 'out.pth')]) == 1
     err = capsys.readouterr().err
     assert f'Refusing to load checkpoint {src}' in err and '.system' in err, err
     assert not marker.exists() and not (tmp_path / 'out.pth').exists()
 
 
 @pytest.mark.parametrize('cut', [0, 200])
-def test_converters_name_a_truncated_file_in_one_line(tmp_path, capsys, cut):
+def test_converters_name_a_truncated_file_in_one_line(tmp_path, capsys, cut, dtl_cli,
+                                                      swin_cli):
     full = tmp_path / 'full.pth'
     torch.save(make_official_dtl(depth=2, taps=(0, 1)), full)
     src = tmp_path / 'cut.pth'
     src.write_bytes(full.read_bytes()[:cut])
-    swin_tool = _load_tool('swin_to_mmpretrain')
-    for tool in (dtl_tool, swin_tool):
+    for tool in (dtl_cli, swin_cli):
         assert tool.main([str(src), str(tmp_path / 'out.pth')]) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith(f'error: Cannot read checkpoint {src}: '), err
@@ -511,17 +517,16 @@ def test_converters_name_a_truncated_file_in_one_line(tmp_path, capsys, cut):
         assert ('empty (0 bytes)' if cut == 0 else 'truncated') in err
 
 
-def test_official_dtl_rejects_an_npz(tmp_path, capsys):
+def test_official_dtl_rejects_an_npz(tmp_path, capsys, dtl_cli):
     src = tmp_path / 'vit.npz'  # the wrong converter for this file
     np.savez(src, **make_google_npz())
-    assert dtl_tool.main([str(src), str(tmp_path / 'out.pth')]) == 1
+    assert dtl_cli.main([str(src), str(tmp_path / 'out.pth')]) == 1
     assert str(src) in capsys.readouterr().err
     assert not (tmp_path / 'out.pth').exists()
 
 
 # ------------------------------------------------------------------ writing
-@pytest.mark.parametrize('tool', [npz_tool, dtl_tool], ids=['npz', 'dtl'])
-def test_save_is_atomic(tmp_path, monkeypatch, tool):
+def test_save_is_atomic(tmp_path, monkeypatch):
     # The converters write through mmdtl.utils.save_checkpoint_atomic.
     dst = tmp_path / 'ckpt.pth'
     dst.write_bytes(b'previous checkpoint')
@@ -532,11 +537,11 @@ def test_save_is_atomic(tmp_path, monkeypatch, tool):
 
     monkeypatch.setattr(torch, 'save', failing_save)
     with pytest.raises(RuntimeError, match='disk full'):
-        tool.save_checkpoint_atomic({'state_dict': {}}, str(dst))
+        save_checkpoint_atomic({'state_dict': {}}, str(dst))
     assert dst.read_bytes() == b'previous checkpoint'
     assert os.listdir(tmp_path) == ['ckpt.pth']  # no temporary file left behind
     monkeypatch.undo()
 
-    tool.save_checkpoint_atomic({'state_dict': {'w': torch.ones(2)}}, str(dst))
+    save_checkpoint_atomic({'state_dict': {'w': torch.ones(2)}}, str(dst))
     assert torch.equal(torch.load(dst, weights_only=True)['state_dict']['w'], torch.ones(2))
     assert os.listdir(tmp_path) == ['ckpt.pth']
