@@ -305,8 +305,8 @@ def test_seg_label_map_size_and_values(scenes_copy):
     assert 'Regenerate the scenes with' in msg
 
 
-def test_check_data_lists_every_problem(scenes, scenes_copy, capsys):
-    check_data = load_tool('tools/check_data.py', 'check_data_dense')
+def test_check_data_lists_every_problem(scenes, scenes_copy, capsys, load_cli):
+    check_data = load_cli('tools/check_data.py')
     assert check_data.main(['dense-scenes', '--data-root', scenes[0]]) == 0
     assert 'no problems (18 images listed)' in capsys.readouterr().out
     root = scenes_copy
