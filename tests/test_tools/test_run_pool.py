@@ -4,7 +4,6 @@ The scheduling is checked here with device ids that need no GPU (they only
 become CUDA_VISIBLE_DEVICES of the runs) and stand-ins for the tools; a real
 pair of tiny runs at the same time is test_run_suite.py's end-to-end test.
 """
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -14,12 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from mmdtl.utils.run_pool import device_groups, run_on_devices
+import mmdtl.suites.runner
+from mmdtl.suites.definitions import SuiteError
+from mmdtl.suites.launch import visible_devices
+from mmdtl.suites.run_pool import device_groups, run_on_devices
 
 REPO = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location('run_suite_pool', REPO / 'tools/run_suite.py')
-run_suite = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(run_suite)
+
+
+@pytest.fixture
+def run_suite(load_cli):
+    """The command line (main, parse_args) of tools/run_suite.py."""
+    return load_cli('tools/run_suite.py')
 
 VTAB = 'configs/dtl/vtab/vit-b_dtl+_{}.py'
 
@@ -115,14 +120,15 @@ def fake_tools(ledger, calls, fail_train_of):
     return execute
 
 
-def test_suite_on_a_device_pool(tmp_path, monkeypatch, capsys):
+def test_suite_on_a_device_pool(run_suite, tmp_path, monkeypatch, capsys):
     tasks = ['cifar', 'caltech101', 'dtd', 'oxford_flowers102', 'svhn']
     wd = tmp_path / 'wd'
     finished = wd / 'vtab-vit-dtl+' / 'vit-b_dtl+_caltech101'
     finished.mkdir(parents=True)
     (finished / 'results.json').write_text(json.dumps(dict(metrics={'accuracy/top1': 90.0})))
     ledger, calls = DeviceLedger(), []
-    monkeypatch.setattr(run_suite, 'execute', fake_tools(ledger, calls, fail_train_of='dtd'))
+    monkeypatch.setattr(mmdtl.suites.runner, 'execute',
+                        fake_tools(ledger, calls, fail_train_of='dtd'))
     argv = ['vtab-vit-dtl+', '--work-dir', str(wd), '--devices', '3', '5',
             '--configs', *[VTAB.format(t) for t in tasks]]
     assert run_suite.main(argv) == 1  # one run failed
@@ -156,7 +162,7 @@ def test_suite_on_a_device_pool(tmp_path, monkeypatch, capsys):
     assert [(stem, tool) for stem, tool, _, _ in calls] == [('vit-b_dtl+_dtd', 'train')]
 
 
-def test_dry_run_commands_ddp_and_slurm(tmp_path, capsys, monkeypatch):
+def test_dry_run_commands_ddp_and_slurm(run_suite, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv('PORT', raising=False)
     monkeypatch.delenv('GPUS_PER_NODE', raising=False)
     wd = tmp_path / 'wd'
@@ -198,6 +204,6 @@ def test_dry_run_commands_ddp_and_slurm(tmp_path, capsys, monkeypatch):
         run_suite.main(argv + ['--devices', '0', '1', '2', '--gpus-per-run', '2'])
     # --gpus counts the visible devices
     monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '4,6')
-    assert run_suite.visible_devices(2, check=True) == ['4', '6']
-    with pytest.raises(SystemExit, match=r'--gpus 3: only 2 CUDA device\(s\) visible here'):
-        run_suite.visible_devices(3, check=True)
+    assert visible_devices(2, check=True) == ['4', '6']
+    with pytest.raises(SuiteError, match=r'--gpus 3: only 2 CUDA device\(s\) visible here'):
+        visible_devices(3, check=True)

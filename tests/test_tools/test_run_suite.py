@@ -1,6 +1,5 @@
 """tools/run_suite.py: two tiny VTAB runs end to end, skip / resume, and the table arithmetic."""
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -10,20 +9,27 @@ from pathlib import Path
 
 import pytest
 
+import mmdtl.suites.runner
 from mmdtl.datasets.vtab import VTAB1K_GROUPS, VTAB1K_TASKS
+from mmdtl.suites.collect import collect
+from mmdtl.suites.definitions import plan_runs
+from mmdtl.suites.tables import (
+    dg_table,
+    few_shot_table,
+    to_csv,
+    to_markdown,
+    vtab_summary,
+    vtab_table,
+)
 from mmdtl.testing import make_vtab_tree
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def load(path, name):
-    spec = importlib.util.spec_from_file_location(name, REPO / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-run_suite = load('tools/run_suite.py', 'run_suite')
+@pytest.fixture
+def run_suite(load_cli):
+    """The command line (main, parse_args) of tools/run_suite.py."""
+    return load_cli('tools/run_suite.py')
 
 CONFIGS = ['configs/dtl/vtab/vit-b_dtl+_cifar.py', 'configs/dtl/vtab/vit-b_dtl+_dtd.py']
 
@@ -42,14 +48,14 @@ def tiny_options():
     return opts
 
 
-def test_two_configs_end_to_end_then_skip(tmp_path, capsys, monkeypatch):
+def test_two_configs_end_to_end_then_skip(run_suite, tmp_path, capsys, monkeypatch):
     """Both runs at the same time, each on its own (fake: no GPU here) device."""
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
     data = tmp_path / 'data'
     for task in ('cifar', 'dtd'):
         make_vtab_tree(str(data), task=task, image_size=8)
     spans = {}
-    real_execute = run_suite.execute
+    real_execute = mmdtl.suites.runner.execute
 
     def timed(cmd, log_file, *args, **kwargs):  # the real tools, timed
         start = time.time()
@@ -57,7 +63,7 @@ def test_two_configs_end_to_end_then_skip(tmp_path, capsys, monkeypatch):
         spans[log_file] = (start, time.time())
         return rc
 
-    monkeypatch.setattr(run_suite, 'execute', timed)
+    monkeypatch.setattr(mmdtl.suites.runner, 'execute', timed)
     argv = ['vtab-vit-dtl+', '--data-root', str(data), '--work-dir', str(tmp_path / 'wd'),
             '--devices', '0', '1', '--configs', *CONFIGS, '--cfg-options', *tiny_options()]
     assert run_suite.main(argv) == 0
@@ -105,7 +111,7 @@ def test_two_configs_end_to_end_then_skip(tmp_path, capsys, monkeypatch):
     assert '[2/2] vit-b_dtl+_dtd: would test' in out and 'vit-b_dtl+_dtd: would train' not in out
 
 
-def test_dry_run_few_shot_and_val_mode(tmp_path, capsys):
+def test_dry_run_few_shot_and_val_mode(run_suite, tmp_path, capsys):
     wd = tmp_path / 'wd'
     argv = ['few-shot', '--work-dir', str(wd), '--dry-run', '--shots', '1', '4', '--seeds', '2',
             '--configs', 'configs/dtl/few_shot/vit-b_dtl_food101.py', '--gpus-per-run', '2']
@@ -137,17 +143,17 @@ def test_dry_run_few_shot_and_val_mode(tmp_path, capsys):
 
 def test_vtab_arithmetic():
     per_task = {task: float(i) for i, task in enumerate(VTAB1K_TASKS)}  # 0 .. 18
-    summary = run_suite.vtab_summary(per_task)
+    summary = vtab_summary(per_task)
     assert summary['natural'] == pytest.approx(3.0)  # tasks 0..6
     assert summary['specialized'] == pytest.approx(8.5)  # 7..10
     assert summary['structured'] == pytest.approx(14.5)  # 11..18
     assert summary['mean'] == pytest.approx((3.0 + 8.5 + 14.5) / 3)  # the paper's Mean
     assert summary['mean_tasks'] == pytest.approx(9.0)  # 19-task mean differs
     del per_task['kitti']
-    partial = run_suite.vtab_summary(per_task)
+    partial = vtab_summary(per_task)
     assert partial['structured'] is None and partial['mean'] is None
     assert partial['natural'] == pytest.approx(3.0)
-    header, rows = run_suite.vtab_table({'m': per_task})
+    header, rows = vtab_table({'m': per_task})
     assert header[-5:] == ['Natural', 'Specialized', 'Structured', 'Mean', 'Mean (tasks)']
     assert len(header) == 1 + 19 + 5
     assert rows[0][header.index('kitti')] is None
@@ -161,7 +167,7 @@ def test_few_shot_and_dg_arithmetic(tmp_path):
         ('vit-b_dtl+', 'fgvc-aircraft', 1): {0: 20., 1: 30.},
         ('vit-b_dtl+', 'fgvc-aircraft', 16): {},
     }
-    header, rows = run_suite.few_shot_table(results, [1, 16])
+    header, rows = few_shot_table(results, [1, 16])
     assert header == ['method', 'dataset', '1-shot', '16-shot']
     # datasets in the paper's order, then the average over datasets
     assert [r[1] for r in rows] == ['fgvc-aircraft', 'food101', 'average']
@@ -169,11 +175,11 @@ def test_few_shot_and_dg_arithmetic(tmp_path):
     assert rows[1][2] == (54., 4., 3)
     assert rows[2][2] == (pytest.approx(39.5), None, None)
     assert rows[2][3] is None  # aircraft has no 16-shot result
-    md = run_suite.to_markdown(header, rows, expected_n=3)
+    md = to_markdown(header, rows, expected_n=3)
     assert '| vit-b_dtl+ | fgvc-aircraft | 25.0 ±7.1* | - |' in md
     assert '| vit-b_dtl+ | food101 | 54.0 ±4.0 | 80.0* |' in md
     assert '| vit-b_dtl+ | average | 39.5 | - |' in md
-    run_suite.to_csv(str(tmp_path / 'fs.csv'), header, rows)
+    to_csv(str(tmp_path / 'fs.csv'), header, rows)
     with open(tmp_path / 'fs.csv') as f:
         table = list(csv.reader(f))
     assert table[0] == ['method', 'dataset', '1-shot', '1-shot std', '1-shot n', '16-shot',
@@ -183,7 +189,7 @@ def test_few_shot_and_dg_arithmetic(tmp_path):
     metrics = {s: {'accuracy/imagenet/top1': 70. + s,
                    'accuracy/imagenet-adversarial/top1': 10.,
                    'accuracy/imagenet-adversarial/top1_masked': 30. + 2 * s} for s in (0, 1, 2)}
-    header, rows = run_suite.dg_table({'vit-b_dtl+': metrics, 'vit-b_dtl': {}})
+    header, rows = dg_table({'vit-b_dtl+': metrics, 'vit-b_dtl': {}})
     assert header == ['test set', 'vit-b_dtl+', 'vit-b_dtl']
     by_label = {r[0]: r[1:] for r in rows}
     assert list(by_label) == ['ImageNet', 'ImageNet-V2', 'ImageNet-Sketch',
@@ -198,7 +204,7 @@ def test_few_shot_and_dg_arithmetic(tmp_path):
 def test_collect_reads_run_dirs(tmp_path):
     """Hand-written results.json files in the run folders make the few-shot table."""
     configs = [str(REPO / 'configs/dtl/few_shot/vit-b_dtl+_oxford-pets.py')]
-    runs = run_suite.plan_runs('few-shot', configs, str(tmp_path), [2], [0, 1], False, [], None)
+    runs = plan_runs('few-shot', configs, str(tmp_path), [2], [0, 1], False, [], None)
     assert [(r.shot, r.seed) for r in runs] == [(2, 0), (2, 1)]
     assert runs[1].run_dir == str(tmp_path / 'few-shot' / 'vit-b_dtl+_oxford-pets' /
                                   'shot2_seed1')
@@ -207,6 +213,6 @@ def test_collect_reads_run_dirs(tmp_path):
         os.makedirs(run.run_dir)
         with open(osp.join(run.run_dir, 'results.json'), 'w') as f:
             json.dump(dict(metrics={'accuracy/top1': top1}), f)
-    table, header, rows = run_suite.collect('few-shot', runs, [0, 1], [2])
+    table, header, rows = collect('few-shot', runs, [0, 1], [2])
     assert '| vit-b_dtl+ | oxford-pets | 65.0 ±7.1 |' in table
     assert rows[-1][2][0] == 65.  # average over the (one) dataset

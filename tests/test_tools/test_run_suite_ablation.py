@@ -1,7 +1,6 @@
 """tools/run_suite.py ablation suites: the plan (settings x tasks x seeds, seed
 by seed), the table with its memory columns and Pareto front, and --jobs."""
 import csv
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -9,22 +8,21 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from mmdtl.suites.collect import collect_ablation
+from mmdtl.suites.definitions import RESULTS, TOP1, plan_runs, suite_configs, suite_settings
+from mmdtl.suites.launch import Launch, plan_launches, train_command
+from mmdtl.suites.runner import last_validation
 
 
-def load(path, name):
-    spec = importlib.util.spec_from_file_location(name, REPO / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-run_suite = load('tools/run_suite.py', 'run_suite_ablation')
+@pytest.fixture
+def run_suite(load_cli):
+    """The command line (parse_args) of tools/run_suite.py."""
+    return load_cli('tools/run_suite.py')
 
 
 def plan(tmp_path, seeds=(0, 1), configs=None):
-    configs = run_suite.suite_configs('ablation-mini-vtab', configs)
-    return run_suite.plan_runs('ablation-mini-vtab', configs, str(tmp_path), None, list(seeds),
+    configs = suite_configs('ablation-mini-vtab', configs)
+    return plan_runs('ablation-mini-vtab', configs, str(tmp_path), None, list(seeds),
                                False, [], 'data/mini-vtab')
 
 
@@ -40,7 +38,7 @@ def test_plan_is_every_setting_task_and_seed_seed_by_seed(tmp_path):
                                    'vit-demo_dtl+_fashion', 'seed1')
     assert 'train_dataloader.dataset.data_root=data/mini-vtab' in run.options
     # the options reach tools/train.py
-    cmd = run_suite.train_command(run, run_suite.Launch(), resume=False)
+    cmd = train_command(run, Launch(), resume=False)
     assert cmd[-2:] == run.options[-2:]
 
 
@@ -52,10 +50,10 @@ def test_table_memory_and_front_from_finished_runs(tmp_path):
         if run.setting == 'rank=1' and run.seed == 1:
             continue  # unfinished: its Mean uses seed 0 only
         os.makedirs(run.run_dir)
-        with open(osp.join(run.run_dir, run_suite.RESULTS), 'w') as f:
-            json.dump(dict(metrics={run_suite.TOP1: top1[run.setting] + run.seed}), f)
+        with open(osp.join(run.run_dir, RESULTS), 'w') as f:
+            json.dump(dict(metrics={TOP1: top1[run.setting] + run.seed}), f)
     suite_dir = osp.join(str(tmp_path), 'ablation-mini-vtab')
-    text = run_suite.collect_ablation('ablation-mini-vtab', runs, suite_dir, write=True)
+    text = collect_ablation('ablation-mini-vtab', runs, suite_dir, write=True)
     lines = {line.split(' | ')[0][2:]: line for line in text.splitlines()
              if line.startswith('| ') and not line.startswith('| setting')}
     assert lines['base'].startswith('| base | M=3, rank 2, k=3, taps 0-5 | 90.5 ±0.7 ')
@@ -82,9 +80,10 @@ def test_table_memory_and_front_from_finished_runs(tmp_path):
                                                      abs=1e-3)
 
 
-def test_jobs_run_cpu_runs_side_by_side(capsys):
+def test_jobs_run_cpu_runs_side_by_side(run_suite, capsys):
     args = run_suite.parse_args(['ablation-mini-vtab', '--jobs', '2'])
-    launches = run_suite.plan_launches(args)
+    launches = plan_launches(args.gpus_per_run, args.launcher, args.partition, args.gpus,
+                             args.devices, args.jobs)
     threads = str(max(1, (os.cpu_count() or 1) // 2))
     assert [launch.env() for launch in launches] == [{'OMP_NUM_THREADS': threads}] * 2
     with pytest.raises(SystemExit):
@@ -96,16 +95,16 @@ def test_jobs_run_cpu_runs_side_by_side(capsys):
 
 
 def test_vtab_suite_tries_every_kernel_around_the_per_task_kernels(tmp_path):
-    configs = run_suite.suite_configs('ablation-vtab-vit', None)
-    settings = run_suite.suite_settings(configs)
+    configs = suite_configs('ablation-vtab-vit', None)
+    settings = suite_settings(configs)
     # the released tasks use kernels 3, 4 and 5: every kernel is a setting
     assert [s.name for s in settings if s.axis == 'kernel'] == ['kernel=0', 'kernel=1',
                                                                 'kernel=3', 'kernel=5']
     assert [s.name for s in settings if s.axis == 'M'] == ['M=2', 'M=4', 'M=8', 'M=10']
-    runs = run_suite.plan_runs('ablation-vtab-vit', configs, str(tmp_path), None, [0], False,
+    runs = plan_runs('ablation-vtab-vit', configs, str(tmp_path), None, [0], False,
                                [], None)
     assert len(runs) == len(settings) * 19
-    text = run_suite.collect_ablation('ablation-vtab-vit', runs, str(tmp_path), write=False)
+    text = collect_ablation('ablation-vtab-vit', runs, str(tmp_path), write=False)
     assert '| base | M=6, rank 2, k per task, taps 0-11 |' in text
     # the dry run estimates every setting's memory on fake tensors, stores nothing
     rows = {line.split(' | ')[0][2:]: line.split(' | ') for line in text.splitlines()
@@ -118,15 +117,15 @@ def test_vtab_suite_tries_every_kernel_around_the_per_task_kernels(tmp_path):
 def test_last_validation_stands_for_the_test_when_the_loaders_are_one(tmp_path):
     run = next(r for r in plan(tmp_path) if r.setting == 'rank=8' and r.seed == 1)
     assert run.test_is_val_at == 10  # the demo validates on its test split at epoch 10
-    assert run_suite.last_validation(run) is None
+    assert last_validation(run) is None
     log = Path(run.run_dir) / '20260101_000000' / 'vis_data' / 'scalars.json'
     log.parent.mkdir(parents=True)
     log.write_text('\n'.join(json.dumps(e) for e in [
         {'loss': 1.0, 'step': 30}, {'accuracy/top1': 50.0, 'step': 5},
         {'accuracy/top1': 87.5, 'data_time': 0.1, 'time': 0.3, 'step': 10}]) + '\n')
-    assert run_suite.last_validation(run) == {'accuracy/top1': 87.5}
+    assert last_validation(run) == {'accuracy/top1': 87.5}
     # the released VTAB-1k recipe validates on its test split every epoch too
-    vtab = run_suite.plan_runs('ablation-vtab-vit', run_suite.suite_configs(
+    vtab = plan_runs('ablation-vtab-vit', suite_configs(
         'ablation-vtab-vit', ['configs/dtl/vtab/vit-b_dtl+_cifar.py']), str(tmp_path), None,
         [0], False, [], None)
     assert {r.test_is_val_at for r in vtab} == {110}

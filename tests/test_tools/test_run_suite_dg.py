@@ -1,6 +1,5 @@
 """tools/run_suite.py domain-generalization: the paper's protocol (one model per
 target, each with its own lr) by default, one model on all targets as an option."""
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -9,11 +8,10 @@ from pathlib import Path
 import pytest
 
 from mmdtl.datasets.domain_generalization import DG_TARGETS
+from mmdtl.suites.collect import collect
+from mmdtl.suites.definitions import plan_runs, suite_configs
 
 REPO = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location('run_suite_dg', REPO / 'tools/run_suite.py')
-run_suite = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(run_suite)
 
 TARGETS = {'imagenet': 'imagenet', 'imagenet-v2': 'imagenetv2',
            'imagenet-sketch': 'imagenet-sketch', 'imagenet-a': 'imagenet-adversarial',
@@ -21,10 +19,10 @@ TARGETS = {'imagenet': 'imagenet', 'imagenet-v2': 'imagenetv2',
 
 
 def test_default_plan_is_one_run_per_target_and_seed(tmp_path):
-    configs = run_suite.suite_configs('domain-generalization', None)
+    configs = suite_configs('domain-generalization', None)
     stems = sorted(osp.basename(c)[:-3] for c in configs)
     assert stems == sorted(f'vit-b_{m}_{t}' for m in ('dtl', 'dtl+') for t in TARGETS)
-    runs = run_suite.plan_runs('domain-generalization', configs, str(tmp_path), None, [0, 1, 2],
+    runs = plan_runs('domain-generalization', configs, str(tmp_path), None, [0, 1, 2],
                                False, [], 'D')
     assert len(runs) == 10 * 3
     by_stem = {}
@@ -43,8 +41,8 @@ def test_default_plan_is_one_run_per_target_and_seed(tmp_path):
 
 
 def test_all_targets_option(tmp_path):
-    configs = run_suite.suite_configs('domain-generalization-all-targets', None)
-    runs = run_suite.plan_runs('domain-generalization-all-targets', configs, str(tmp_path),
+    configs = suite_configs('domain-generalization-all-targets', None)
+    runs = plan_runs('domain-generalization-all-targets', configs, str(tmp_path),
                                None, [0], False, [], None)
     assert sorted(r.stem for r in runs) == ['vit-b_dtl+_all-targets', 'vit-b_dtl_all-targets']
     assert {r.dataset for r in runs} == {','.join(DG_TARGETS)}
@@ -57,7 +55,7 @@ def test_per_target_runs_fill_one_column_per_method(tmp_path):
     configs = [str(REPO / f'configs/dtl/domain_generalization/vit-b_dtl+_{t}.py')
                for t in ('imagenet', 'imagenet-a', 'imagenet-r')]
     configs.append(str(REPO / 'configs/dtl/domain_generalization/vit-b_dtl_imagenet.py'))
-    runs = run_suite.plan_runs('domain-generalization', configs, str(tmp_path), None, [0, 1],
+    runs = plan_runs('domain-generalization', configs, str(tmp_path), None, [0, 1],
                                False, [], None)
     metrics = {
         ('vit-b_dtl+_imagenet', 0): {'accuracy/imagenet/top1': 70.},
@@ -75,7 +73,7 @@ def test_per_target_runs_fill_one_column_per_method(tmp_path):
             os.makedirs(run.run_dir)
             with open(osp.join(run.run_dir, 'results.json'), 'w') as f:
                 json.dump(dict(metrics=metrics[run.stem, run.seed]), f)
-    table, header, rows = run_suite.collect('domain-generalization', runs, [0, 1], None)
+    table, header, rows = collect('domain-generalization', runs, [0, 1], None)
     assert header == ['test set', 'vit-b_dtl+', 'vit-b_dtl']
     by_label = {r[0]: r[1:] for r in rows}
     assert by_label['ImageNet'] == [(71., pytest.approx(2 ** 0.5), 2), (60., 0., 1)]
@@ -87,10 +85,10 @@ def test_per_target_runs_fill_one_column_per_method(tmp_path):
     assert '| ImageNet-R (200 classes) | 50.0* | - |' in table
 
 
-def test_dry_run_lists_the_targets(tmp_path, capsys):
+def test_dry_run_lists_the_targets(load_cli, tmp_path, capsys):
     argv = ['domain-generalization', '--work-dir', str(tmp_path / 'wd'), '--dry-run',
             '--seeds', '0']
-    assert run_suite.main(argv) == 0
+    assert load_cli('tools/run_suite.py').main(argv) == 0
     out = capsys.readouterr().out
     assert 'Suite domain-generalization: 10 run(s) of 10 config(s)' in out
     for target in TARGETS:

@@ -1,11 +1,11 @@
-"""mmdtl.utils.ablation and config_memory: the settings around a base side
+"""mmdtl.suites.ablation and mmdtl.utils.config_memory: the settings around a base side
 network, the Pareto front, the seed arithmetic, and the memory of a step."""
 import math
 
 import pytest
 from mmengine.config import Config
 
-from mmdtl.utils.ablation import (
+from mmdtl.suites.ablation import (
     AblationSetting,
     ablation_settings,
     ablation_table,

@@ -11,8 +11,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .stats import mean as _mean
-from .stats import sample_std as _std
+from mmdtl.utils.report import new_figure, save_figure
+from mmdtl.utils.stats import mean as _mean
+from mmdtl.utils.stats import sample_std as _std
 
 
 @dataclass(frozen=True)
@@ -162,13 +163,9 @@ def plot_pareto(path: str, points: Dict[str, Tuple[float, float]], axes: Dict[st
                 xlabel: str, title: str) -> None:
     """Accuracy vs memory, one labelled point per setting coloured by its
     axis, the Pareto front (:func:`pareto_front`) drawn as a step line."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
     colours = dict(base='black', M='tab:blue', rank='tab:orange', kernel='tab:green',
                    taps='tab:purple')
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = new_figure(figsize=(7.5, 5))
     for axis, colour in colours.items():
         names = [n for n in points if axes.get(n) == axis]
         if names:
@@ -186,5 +183,4 @@ def plot_pareto(path: str, points: Dict[str, Tuple[float, float]], axes: Dict[st
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
