@@ -1,7 +1,5 @@
 """Task files: size, weights-only loading, backbone fingerprint, hook, extract tool."""
-import importlib.util
 import os
-import os.path as osp
 
 import pytest
 import torch
@@ -20,7 +18,6 @@ from mmdtl.engine import (
     save_task_checkpoint,
 )
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TINY = dict(embed_dims=16, num_layers=4, num_heads=2, feedforward_channels=32)
 # Wide enough that the backbone dwarfs the per-file overhead of torch.save.
 SMALL = dict(embed_dims=64, num_layers=4, num_heads=4, feedforward_channels=256)
@@ -235,19 +232,12 @@ def test_hook_follows_iteration_based_checkpoints(tmp_path):
     assert not any(f.startswith('task_epoch') for f in files)
 
 
-def load_tool(name, path):
-    spec = importlib.util.spec_from_file_location(name, osp.join(REPO, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_extract_task_weights_tool(tmp_path, capsys):
+def test_extract_task_weights_tool(tmp_path, capsys, load_cli):
     run_training(tmp_path / 'work')
     config = tmp_path / 'toy.py'
     config.write_text(f'default_scope = "mmpretrain"\nmodel = {model_cfg()!r}\n')
     checkpoint, out = tmp_path / 'work' / 'epoch_2.pth', tmp_path / 'toy.task.pth'
-    tool = load_tool('extract_task_weights', 'tools/extract_task_weights.py')
+    tool = load_cli('tools/extract_task_weights.py')
     assert tool.main([str(checkpoint), str(config), str(out)]) == 0
     printed = capsys.readouterr().out
     assert 'task file' in printed and '% of the checkpoint' in printed

@@ -1,11 +1,9 @@
 """Values, not only keys: non-finite weights are refused on every loading path,
 an inference model without a trained side network or head says so, and refused
 task files name the global without torch's weights_only=False advice."""
-import importlib.util
 import logging
 import os
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +16,8 @@ from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
 import mmdtl  # noqa: F401
+from mmdtl.converters.errors import ConversionError
+from mmdtl.converters.task_weights import extract_task_weights
 from mmdtl.engine import (
     load_backbone_weights,
     load_task_checkpoint,
@@ -26,7 +26,6 @@ from mmdtl.engine import (
 )
 from mmdtl.utils import TrunkMismatchError, UnsafeCheckpointError
 
-REPO = Path(__file__).resolve().parents[2]
 ARCH = dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64)
 CSN = dict(type='CompactSideNetwork', rank=2, start=0, dwconv_kernel=3)
 BAD = 'layers.1.attn.qkv.weight'
@@ -175,27 +174,24 @@ def test_allow_partial_trunk_loads_nonfinite_values_with_a_warning(tmp_path):
     assert torch.isnan(backbone.layers[1].attn.qkv.weight).any()
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'_values_{name}', REPO / 'tools' / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize('poison', [f'backbone.{BAD}', 'head.fc.weight'])
 def test_extract_task_weights_refuses_nonfinite_values_in_one_line(tmp_path, config_file,
-                                                                   poison, capsys):
+                                                                   poison, capsys, load_cli):
     ckpt = save(dict(state_dict=trained_state(poison)), tmp_path / 'epoch_3.pth')
     out = tmp_path / 'task.pth'
-    assert load_tool('extract_task_weights.py').main([ckpt, config_file, str(out)]) == 1
+    assert load_cli('tools/extract_task_weights.py').main([ckpt, config_file, str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith('error: ') and '\n' not in err, err
     name = poison if poison.startswith('head.') else BAD
     assert f'{ckpt} holds non-finite values (NaN or inf)' in err and f'{name} (1 NaN)' in err
     assert not out.exists()
+    if poison.startswith('head.'):  # the package function raises what the tool prints
+        with pytest.raises(ConversionError, match=r'holds non-finite values .*fc\.weight'):
+            extract_task_weights(ckpt, config_file, str(out))
+        assert not out.exists()
 
 
-def test_task_file_with_nonfinite_values_is_refused(tmp_path, capsys):
+def test_task_file_with_nonfinite_values_is_refused(tmp_path, capsys, load_cli):
     model = build(classifier_cfg())
     trunk = save(model.backbone.state_dict(), tmp_path / 'backbone.pth')
     task = tmp_path / 'task.pth'
@@ -214,9 +210,10 @@ def test_task_file_with_nonfinite_values_is_refused(tmp_path, capsys):
     config = tmp_path / 'cfg.py'
     config.write_text(f"default_scope = 'mmpretrain'\nmodel = {classifier_cfg()!r}\n"
                       "test_dataloader = dict(dataset=dict(pipeline=[dict(type='PackInputs')]))\n")
+    infer = load_cli('tools/multitask_infer.py')
     with pytest.raises(SystemExit) as info:
-        load_tool('multitask_infer.py').main([str(config), str(task), '--images', str(tmp_path),
-                                              '--backbone-checkpoint', trunk])
+        infer.main([str(config), str(task), '--images', str(tmp_path),
+                    '--backbone-checkpoint', trunk])
     msg = str(info.value.code)
     assert msg.startswith('error: ') and 'head_state.fc.bias (1 NaN)' in msg and '\n' not in msg
 
@@ -319,7 +316,7 @@ class _Custom:
 @pytest.mark.parametrize('zip_format', [True, False], ids=['zip', 'legacy'])
 @pytest.mark.parametrize('payload', ['command', 'custom'])
 def test_crafted_task_file_names_the_global_without_torch_advice(tmp_path, config_file,
-                                                                 payload, zip_format):
+                                                                 payload, zip_format, load_cli):
     marker = tmp_path / 'pwned'
     obj, offending = ((_RunsCommand(marker), 'system') if payload == 'command'
                       else (_Custom(), f'{__name__}._Custom'))
@@ -327,7 +324,7 @@ def test_crafted_task_file_names_the_global_without_torch_advice(tmp_path, confi
     torch.save(dict(format='mmdtl-task', version=1, csn_state={}, extra=obj), task,
                _use_new_zipfile_serialization=zip_format)
     for load in (read_task_file,
-                 lambda p: load_tool('multitask_infer.py').main(
+                 lambda p: load_cli('tools/multitask_infer.py').main(
                      [config_file, p, '--images', str(tmp_path)])):
         with pytest.raises((UnsafeCheckpointError, SystemExit)) as info:
             load(str(task))
