@@ -1,6 +1,4 @@
 """MultiTaskDTL: shared prefix once, outputs equal to the single-task models."""
-import importlib.util
-import os.path as osp
 
 import numpy as np
 import pytest
@@ -13,7 +11,6 @@ import mmdtl  # noqa: F401
 from mmdtl.engine import BackboneMismatchError, save_task_checkpoint
 from mmdtl.models import MultiTaskDTL, MultiTaskInferencer
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 ARCH = dict(embed_dims=16, num_layers=6, num_heads=2, feedforward_channels=32)
 BACKBONE = dict(type='DTLViT', arch=ARCH, img_size=16, patch_size=4,
                 csn=dict(type='CompactSideNetwork'))
@@ -218,18 +215,11 @@ def test_inferencer_decodes_paths_with_the_config_loader(setup, tmp_path):
     torch.testing.assert_close(scores['dogs'], expected, rtol=1e-5, atol=1e-6)
 
 
-def load_tool(name, path):
-    spec = importlib.util.spec_from_file_location(name, osp.join(REPO, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_multitask_infer_cli(setup, tmp_path, capsys):
+def test_multitask_infer_cli(setup, tmp_path, capsys, load_cli):
     paths = write_images(tmp_path / 'images', count=2)
     # The backbone checkpoint comes from the config's Pretrained init_cfg here.
     config = write_config(tmp_path, backbone_file=setup['backbone_file'])
-    tool = load_tool('multitask_infer', 'tools/multitask_infer.py')
+    tool = load_cli('tools/multitask_infer.py')
     assert tool.main([config, *setup['files'].values(), '--images',
                       str(tmp_path / 'images'), '--topk', '2']) == 0
     printed = capsys.readouterr().out
@@ -243,8 +233,8 @@ def test_multitask_infer_cli(setup, tmp_path, capsys):
 
 
 @pytest.mark.parametrize('arch', ['vit-tiny', 'swin-tiny'])
-def test_multitask_benchmark_tiny(tmp_path, capsys, arch):
-    tool = load_tool('multitask_benchmark', 'tools/analysis/multitask_benchmark.py')
+def test_multitask_benchmark_tiny(tmp_path, capsys, arch, load_cli):
+    tool = load_cli('tools/analysis/multitask_benchmark.py')
     code = tool.main(['--arch', arch, '--work-dir', str(tmp_path), '--batch-size', '2',
                       '--warmup', '0', '--repeats', '1', '--num-threads', '1'])
     assert code == 0
