@@ -1,43 +1,26 @@
-"""The demo (tools/misc/transfer_demo.py): a tiny end-to-end run on the shipped
-checkpoint, its table arithmetic, and the lr sweep's config writer."""
+"""The demo (mmdtl.demo, tools/misc/transfer_demo.py): a tiny end-to-end run on
+the shipped checkpoint, its table arithmetic, and the lr sweep's config writer."""
 import csv
-import importlib.util
 import json
 import os.path as osp
-import sys
 from collections import OrderedDict
 
 import pytest
 
+import mmdtl.demo.sweep as sweep
+import mmdtl.demo.transfer as demo
+from mmdtl.datasets.mini_vtab import MINI_VTAB_TASKS
+from mmdtl.demo import run_demo
+from mmdtl.demo.runs import CHECKPOINT
+from mmdtl.suites.tables import mini_vtab_table
 from mmdtl.testing import make_fashion_mnist_files
-
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-
-def load_tool_from(path: str, name: str):
-    sys.path.insert(0, osp.dirname(path))
-    try:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.pop(0)
-    return module
-
-
-def load_tool(name: str):
-    return load_tool_from(osp.join(REPO, 'tools', 'misc', f'{name}.py'), name)
-
-
-demo = load_tool('transfer_demo')
-sweep = load_tool('sweep_demo_lr')
 
 
 def test_every_method_and_task_has_a_config():
     from mmengine.config import Config
 
     for method in demo.METHODS:
-        for task, num_classes in demo.MINI_VTAB_TASKS.items():
+        for task, num_classes in MINI_VTAB_TASKS.items():
             cfg = Config.fromfile(demo.config_path(method, task))
             assert cfg.model.head.num_classes == num_classes
             for loader in ('train_dataloader', 'test_dataloader'):
@@ -49,7 +32,7 @@ def test_every_method_and_task_has_a_config():
                 assert backbone.init_cfg is None and backbone.allow_random_trunk
             else:
                 inner = backbone.module if method == 'lora' else backbone
-                assert inner.init_cfg.checkpoint == demo.CHECKPOINT
+                assert inner.init_cfg.checkpoint == CHECKPOINT
 
 
 def record(method, task, seed, top1, **extra):
@@ -65,7 +48,7 @@ def test_summarize_group_means_and_std():
         record('dtl', 'digits_rot', 1, 70.),
         record('full', 'digits', 0, 99.),
     ]
-    rows = demo.summarize(records, list(demo.MINI_VTAB_TASKS))
+    rows = demo.summarize(records, list(MINI_VTAB_TASKS))
     assert list(rows) == ['full', 'dtl']  # table order, not record order
     dtl = rows['dtl']
     assert dtl['fashion'] == (81., pytest.approx(2 ** .5), 2)
@@ -77,7 +60,7 @@ def test_summarize_group_means_and_std():
     # a method without every task has no group or overall mean
     assert rows['full']['digits'] == (99., 0., 1)
     assert rows['full']['natural'] is None and rows['full']['mean'] is None
-    table = demo.to_markdown(rows, list(demo.MINI_VTAB_TASKS))
+    table = demo.to_markdown(rows, list(MINI_VTAB_TASKS))
     assert '| DTL | 81.0 ± 1.4 | 92.0 ± 2.8 | 65.0 ± 7.1 | 86.5 ± 2.1 | 65.0 ± 7.1 |' in table
 
 
@@ -100,15 +83,17 @@ def test_sweep_writes_the_best_lr(tmp_path):
         sweep.write_lr(str(config), grid, best)
 
 
-def test_demo_end_to_end_on_the_shipped_checkpoint(tmp_path, capsys):
+def test_demo_end_to_end_on_the_shipped_checkpoint(load_cli, tmp_path, capsys):
     """Two methods on one task, one short epoch: the real Runner, the meters,
-    the table, the CSV and the plot; a second call reuses the runs."""
+    the table, the CSV and the plot; a second call reuses the runs, from the
+    command line and from Python."""
+    cli = load_cli('tools/misc/transfer_demo.py')
     src = make_fashion_mnist_files(tmp_path / 'src')
     argv = ['--methods', 'linear', 'dtl+', '--tasks', 'digits', '--work-dir',
             str(tmp_path / 'demo'), '--data-root', str(tmp_path / 'data'), '--fashion-mnist',
             src, '--cfg-options', 'train_cfg.max_epochs=1', 'train_dataloader.dataset.indices=64',
             'test_dataloader.dataset.indices=50']
-    assert demo.main(argv) == 0
+    assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert '[ 1/2] seed 0 linear' in out and '[ 2/2] seed 0 dtl+' in out
 
@@ -136,21 +121,30 @@ def test_demo_end_to_end_on_the_shipped_checkpoint(tmp_path, capsys):
     assert f'| DTL+ | {dtl["top1"]:.1f} |' in md
     assert (tmp_path / 'demo' / 'demo.png').read_bytes()[:4] == b'\x89PNG'
 
-    assert demo.main(argv) == 0  # same config, seed and backbone: reused
+    assert cli.main(argv) == 0  # same config, seed and backbone: reused
     assert capsys.readouterr().out.count('(reused;') == 2
-    assert demo.main(argv[:-1] + ['test_dataloader.dataset.indices=40']) == 0
+    # the same from Python (a dict of overrides); what it returns is the table
+    rows = run_demo(['linear', 'dtl+'], ['digits'], work_dir=str(tmp_path / 'demo'),
+                    data_root=str(tmp_path / 'data'), fashion_source=src,
+                    cfg_options={'train_cfg.max_epochs': 1,
+                                 'train_dataloader.dataset.indices': 64,
+                                 'test_dataloader.dataset.indices': 50})
+    assert capsys.readouterr().out.count('(reused;') == 2
+    assert rows['dtl+']['digits'] == (dtl['top1'], 0., 1)
+    assert rows['linear']['trainable_backbone'] == 0
+    assert cli.main(argv[:-1] + ['test_dataloader.dataset.indices=40']) == 0
     assert capsys.readouterr().out.count('(reused;') == 0  # another config: rerun
 
 
-def test_run_suite_mini_vtab(tmp_path, capsys):
+def test_run_suite_mini_vtab(load_cli, tmp_path, capsys):
     """The same configs as a run_suite suite (tools/train.py + tools/test.py per
     config): planned in table order, and its table's group means."""
-    run_suite = load_tool_from(osp.join(REPO, 'tools', 'run_suite.py'), 'run_suite')
+    run_suite = load_cli('tools/run_suite.py')
     assert run_suite.main(['mini-vtab', '--dry-run', '--work-dir', str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert 'Suite mini-vtab: 18 run(s) of 18 config(s)' in out
     assert out.count('would train') == 18
-    header, rows = run_suite.mini_vtab_table(OrderedDict(
+    header, rows = mini_vtab_table(OrderedDict(
         dtl={'fashion': 80., 'digits': 90., 'digits_rot': 60.}, full={'digits': 99.}))
     assert header == ['method', 'fashion', 'digits', 'digits_rot', 'Natural', 'Structured',
                       'Mean']

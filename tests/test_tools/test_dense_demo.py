@@ -1,8 +1,7 @@
-"""tools/misc/dense_demo.py end to end on a few scenes: every task through a
-real mmengine Runner (mmdet RetinaNet, mmseg FCN) from the shipped demo ViT,
-metrics, the memory meters, reuse of finished runs, the lr sweep's split and
-its write-back into a config."""
-import importlib.util
+"""The dense demo (mmdtl.demo.dense, tools/misc/dense_demo.py) end to end on a
+few scenes: every task through a real mmengine Runner (mmdet RetinaNet, mmseg
+FCN) from the shipped demo ViT, metrics, the memory meters, reuse of finished
+runs, the lr sweep's split and its write-back into a config."""
 import json
 import os.path as osp
 from collections import OrderedDict
@@ -10,18 +9,12 @@ from pathlib import Path
 
 import pytest
 
+import mmdtl.demo.dense as dense
 from mmdtl.datasets.dense_scenes import write_dense_scenes
+from mmdtl.demo.runs import CHECKPOINT, run_key
 from mmdtl.testing import make_fashion_mnist_files
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'dense_demo', REPO / 'tools/misc/dense_demo.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')
@@ -34,14 +27,14 @@ def scenes(tmp_path_factory):
     return data_root
 
 
-def test_every_task_trains_tests_and_is_measured(scenes, tmp_path, capsys):
-    tool = load_tool()
+def test_every_task_trains_tests_and_is_measured(load_cli, scenes, tmp_path, capsys):
+    cli = load_cli('tools/misc/dense_demo.py')
     work_dir = str(tmp_path / 'work')
     argv = ['--data-root', scenes, '--work-dir', work_dir,
             '--methods', 'frozen', 'dtl+sparse', 'full',
             '--cfg-options', 'train_cfg.max_epochs=1', 'train_dataloader.batch_size=4',
             'test_dataloader.batch_size=4']
-    assert tool.main(argv) == 0
+    assert cli.main(argv) == 0
     records = {}
     for path in Path(work_dir).glob('seed0/*/result.json'):
         record = json.loads(path.read_text())
@@ -50,7 +43,7 @@ def test_every_task_trains_tests_and_is_measured(scenes, tmp_path, capsys):
     for task in ('detection', 'segmentation'):
         frozen, sparse, full = (records[(task, m)] for m in ('frozen', 'dtl+sparse', 'full'))
         for record in (frozen, sparse, full):
-            assert set(record['metrics']) == set(tool.TASKS[task][1])
+            assert set(record['metrics']) == set(dense.TASKS[task][1])
             assert all(0 <= v <= 100 for v in record['metrics'].values())
         # A frozen trunk keeps no backbone activations, DTL its suffix's only.
         assert frozen['activation_mb'] < sparse['activation_mb'] < full['activation_mb']
@@ -67,14 +60,13 @@ def test_every_task_trains_tests_and_is_measured(scenes, tmp_path, capsys):
     assert len((Path(work_dir) / 'dense_demo.csv').read_text().splitlines()) == 1 + 6 * 2
     capsys.readouterr()
     # A second call reuses every finished run.
-    assert tool.main(argv) == 0
+    assert cli.main(argv) == 0
     assert capsys.readouterr().out.count('reused') == 6
 
 
 def test_sweep_scores_on_val_and_never_on_test(scenes, tmp_path):
-    tool = load_tool()
-    for task in tool.TASKS:
-        cfg = tool.load_run_config(tool.config_path('dtl+', task), 0, str(tmp_path), split='val',
+    for task in dense.TASKS:
+        cfg = dense.load_run_config(dense.config_path('dtl+', task), 0, str(tmp_path), split='val',
                                    lr=0.5)
         dataset = cfg.test_dataloader.dataset
         paths = list(dataset.data_prefix.values()) + [dataset.get('ann_file', ''),
@@ -84,51 +76,48 @@ def test_sweep_scores_on_val_and_never_on_test(scenes, tmp_path):
         assert 'val' not in str(cfg.train_dataloader.dataset)
         assert cfg.optim_wrapper.optimizer.lr == 0.5
         # The test protocol reads the test split.
-        cfg = tool.load_run_config(tool.config_path('dtl+', task), 0, str(tmp_path))
+        cfg = dense.load_run_config(dense.config_path('dtl+', task), 0, str(tmp_path))
         assert any('test' in p for p in cfg.test_dataloader.dataset.data_prefix.values())
 
 
 def test_a_sweep_run_does_not_depend_on_the_lr_written_in_the_config(tmp_path):
     """--write changes the config's lr; the grid's runs must stay reusable."""
-    tool = load_tool()
-    text = Path(tool.config_path('dtl+', 'segmentation')).read_text()
+    text = Path(dense.config_path('dtl+', 'segmentation')).read_text()
     keys = []
     for written in ('0.001', '0.03'):
         config = tmp_path / f'{written}.py'
-        config.write_text(tool.LR_BLOCK.sub(f'# chosen on train -> val by x\nlr = {written}\n',
+        config.write_text(dense.LR_BLOCK.sub(f'# chosen on train -> val by x\nlr = {written}\n',
                                             text).replace("'./_base_/", f"'{REPO}/configs/"
                                                           "dense-demo/_base_/"))
-        cfg = tool.load_run_config(str(config), 0, str(tmp_path / 'w'), split='val', lr=3e-3)
-        keys.append(tool.demo.run_key(cfg, 0, 'sha'))
+        cfg = dense.load_run_config(str(config), 0, str(tmp_path / 'w'), split='val', lr=3e-3)
+        keys.append(run_key(cfg, 0, 'sha'))
     assert keys[0] == keys[1]
 
 
 def test_best_lr_is_written_into_the_config(tmp_path):
-    tool = load_tool()
     config = tmp_path / 'c.py'
-    text = Path(tool.config_path('dtl+', 'segmentation')).read_text()
+    text = Path(dense.config_path('dtl+', 'segmentation')).read_text()
     config.write_text(text)
     scores = OrderedDict([(1e-3, 50.0), (3e-3, 61.5), (1e-2, 61.5)])
-    best = tool.best_lr(scores)
+    best = dense.best_lr(scores)
     assert best == 3e-3  # ties go to the smaller lr
-    tool.write_lr(str(config), scores, best, 'mIoU')
+    dense.write_lr(str(config), scores, best, 'mIoU')
     written = config.read_text()
     assert 'lr = 0.003\n' in written and '1e-3' not in written
     assert '(val mIoU of the grid, seed 0: 0.001: 50.0, 0.003: 61.5, 0.01: 61.5)' in written
-    assert written.replace(tool.LR_BLOCK.search(written).group(0), '') == \
-        text.replace(tool.LR_BLOCK.search(text).group(0), '')
+    assert written.replace(dense.LR_BLOCK.search(written).group(0), '') == \
+        text.replace(dense.LR_BLOCK.search(text).group(0), '')
     config.write_text('lr = 1\n')
     with pytest.raises(SystemExit, match='expected one'):
-        tool.write_lr(str(config), scores, best, 'mIoU')
+        dense.write_lr(str(config), scores, best, 'mIoU')
 
 
 def test_configs_differ_only_in_backbone_and_lr():
     """Every method of a task is the same detector/segmentor: neck, head,
     data and schedule are shared; only the backbone and lr differ."""
     from mmengine.config import Config
-    tool = load_tool()
-    for task in tool.TASKS:
-        cfgs = {m: Config.fromfile(tool.config_path(m, task)) for m in tool.METHODS}
+    for task in dense.TASKS:
+        cfgs = {m: Config.fromfile(dense.config_path(m, task)) for m in dense.METHODS}
         reference = cfgs['full']
         for method, cfg in cfgs.items():
             for key in ('train_dataloader', 'test_dataloader', 'param_scheduler', 'train_cfg'):
@@ -136,6 +125,7 @@ def test_configs_differ_only_in_backbone_and_lr():
             model, ref_model = dict(cfg.model), dict(reference.model)
             model.pop('backbone'), ref_model.pop('backbone')
             assert model == ref_model, (task, method)
-            assert cfg.model.backbone.init_cfg.checkpoint == tool.demo.CHECKPOINT
+            assert cfg.model.backbone.init_cfg.checkpoint == CHECKPOINT
         assert cfgs['dtl+sparse'].model.backbone.csn.add_back_blocks == [3, 5]
-        assert osp.isfile(REPO / tool.demo.CHECKPOINT)
+        assert osp.isfile(REPO / CHECKPOINT)
+

@@ -1,6 +1,5 @@
 """The demo backbone: the pre-training tool for a few iterations, and the shipped checkpoint."""
 import hashlib
-import importlib.util
 import os.path as osp
 import re
 import subprocess
@@ -69,11 +68,8 @@ def test_pretrain_tool_few_iterations(tmp_path, repo_root):
                 torch.testing.assert_close(value, state[f'backbone.{key}'], rtol=0, atol=0)
 
 
-def test_pretrain_tool_names_missing_data(tmp_path, repo_root):
-    spec = importlib.util.spec_from_file_location(
-        'pretrain_demo_backbone', repo_root / 'tools/misc/pretrain_demo_backbone.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+def test_pretrain_tool_names_missing_data(load_cli, tmp_path):
+    tool = load_cli('tools/misc/pretrain_demo_backbone.py')
     data = tmp_path / 'data'
     with pytest.raises(SystemExit, match='apt-get install dataset-fashion-mnist'):
         tool.main(['--out', str(tmp_path / 'x.pth'), '--fashion-mnist',

@@ -16,7 +16,8 @@ grid's scores next to it.
 
 Writes ``<work-dir>/dense_demo.md``, ``.csv`` and ``.png`` (metric vs
 activation memory, marker area ~ trainable parameters). A run whose
-``result.json`` matches its config, seed and backbone is reused.
+``result.json`` matches its config, seed and backbone is reused. The same from
+Python: ``mmdtl.demo.dense.run_dense_demo`` and ``sweep_dense_lrs``.
 
 Examples::
 
@@ -26,326 +27,20 @@ Examples::
     python tools/misc/dense_demo.py --tasks segmentation --methods dtl+ frozen
 """
 import argparse
-import csv
-import json
 import os
 import os.path as osp
-import re
 import sys
-import time
-from collections import OrderedDict
-from typing import Dict, List, Optional
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-import transfer_demo as demo  # noqa: E402  (sets OMP_WAIT_POLICY before torch)
+# Set before torch is imported (see tools/misc/transfer_demo.py).
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from mmdtl.demo.dense import METHODS, TASKS, run_dense_demo, sweep_dense_lrs  # noqa: E402
+from mmdtl.demo.runs import CHECKPOINT  # noqa: E402
 from mmdtl.utils.cfg_options import parse_cfg_options  # noqa: E402
-from mmdtl.utils.stats import mean as _mean  # noqa: E402
-from mmdtl.utils.stats import sample_std as _std  # noqa: E402
-
-REPO = demo.REPO
-METHODS = OrderedDict([
-    ('frozen', 'frozen trunk'),
-    ('full', 'full fine-tuning'),
-    ('dtl', 'DTL'),
-    ('dtl+', 'DTL+'),
-    ('dtl+sparse', 'DTL+, sparse CSN'),
-])
-# task -> (config prefix, metric keys of the runner's test -> column names)
-TASKS = OrderedDict([
-    ('detection', ('retinanet', OrderedDict([('coco/bbox_mAP', 'bbox mAP'),
-                                              ('coco/bbox_mAP_50', 'mAP50')]))),
-    ('segmentation', ('fcn', OrderedDict([('mIoU', 'mIoU'), ('aAcc', 'aAcc')]))),
-])
-CONFIG = 'configs/dense-demo/{prefix}_vit-demo_{method}_scenes.py'
-# One grid for every method: the neck and head start from scratch in all of
-# them and take the grid's lr (full fine-tuning's trunk takes a tenth of it,
-# see the configs).
-GRIDS = OrderedDict([('detection', [1e-3, 3e-3, 1e-2]), ('segmentation', [3e-3, 1e-2, 3e-2])])
-LR_BLOCK = re.compile(r'^# chosen on train -> val by .*?\nlr = [^\n]*\n',
-                      re.MULTILINE | re.DOTALL)
-RESULT = 'result.json'
-
-
-def config_path(method: str, task: str) -> str:
-    return osp.join(REPO, CONFIG.format(prefix=TASKS[task][0], method=method))
-
-
-def primary(task: str) -> str:
-    """The metric that ranks runs (lr sweep, plot)."""
-    return next(iter(TASKS[task][1]))
-
-
-def use_split(cfg, split: str) -> None:
-    """Point the test loader (and the COCO metric) at ``split``."""
-    dataset = cfg.test_dataloader.dataset
-    for key, value in list(dataset.data_prefix.items()):
-        dataset.data_prefix[key] = re.sub(r'/test(/?)$', rf'/{split}\1', value)
-    if 'ann_file' in dataset:
-        dataset.ann_file = dataset.ann_file.replace('_test.', f'_{split}.')
-    if 'ann_file' in cfg.test_evaluator:
-        cfg.test_evaluator.ann_file = cfg.test_evaluator.ann_file.replace(
-            '_test.', f'_{split}.')
-
-
-def load_run_config(config: str, seed: int, work_dir: str, options: Optional[dict] = None,
-                    split: str = 'test', lr: Optional[float] = None,
-                    checkpoint: Optional[str] = None):
-    """The config of one run: trained, then tested once on ``split``."""
-    from mmengine.config import Config
-
-    cfg = Config.fromfile(config)
-    if options:
-        cfg.merge_from_dict(options)
-    if lr is not None:
-        # The config's own lr (which --write changes) must not enter the run key.
-        cfg.optim_wrapper.optimizer.lr = cfg.lr = lr
-    if checkpoint:
-        demo.set_backbone_checkpoint(cfg, checkpoint)
-    use_split(cfg, split)
-    cfg.work_dir = work_dir
-    cfg.randomness = dict(seed=seed, deterministic=False)
-    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
-    cfg.train_cfg.pop('val_interval', None)
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=-1, save_last=False)
-    return cfg
-
-
-def train_and_test(cfg, task: str, measure: bool = True) -> dict:
-    """Train and test one config in this process: metrics, time, params and
-    (``measure``) the memory of one more training step."""
-    from mmengine.runner import Runner
-
-    with demo._output_to(osp.join(cfg.work_dir, 'dense_run.log')):
-        runner = Runner.from_cfg(cfg)
-        try:
-            tic = time.perf_counter()
-            runner.train()
-            train_s = time.perf_counter() - tic
-            metrics = runner.test()
-            model = demo._unwrap(runner.model)
-            missing = [k for k in TASKS[task][1] if k not in metrics]
-            # CocoMetric returns nothing when no box passes the score threshold.
-            if missing and (task != 'detection' or metrics):
-                raise RuntimeError(f'{cfg.work_dir}: the test gave no {missing} ({metrics})')
-            result = dict(
-                metrics={k: float(metrics.get(k, 0.)) for k in TASKS[task][1]},
-                train_s=train_s,
-                trainable_backbone=sum(p.numel() for p in model.backbone.parameters()
-                                       if p.requires_grad),
-                trainable_total=sum(p.numel() for p in model.parameters() if p.requires_grad))
-            if measure:
-                result.update(demo.measure_step(runner))
-        finally:
-            demo._close_logger(runner)
-    return result
-
-
-def run_one(method: str, task: str, seed: int, work_root: str, backbone_sha: str,
-            options: Optional[dict] = None, split: str = 'test', lr: Optional[float] = None,
-            force: bool = False, measure: bool = True,
-            checkpoint: Optional[str] = None) -> dict:
-    """One run, reused when its ``result.json`` has the same key."""
-    from mmdtl.utils.checkpoint import _write_text_atomic
-
-    stem = osp.basename(config_path(method, task))[:-3] + ('' if lr is None else f'_lr{lr:g}')
-    work_dir = osp.join(work_root, f'seed{seed}', stem)
-    cfg = load_run_config(config_path(method, task), seed, work_dir, options, split, lr,
-                          checkpoint)
-    key = demo.run_key(cfg, seed, backbone_sha)
-    path = osp.join(work_dir, RESULT)
-    if not force and osp.isfile(path):
-        with open(path) as f:
-            record = json.load(f)
-        if record.get('key') == key and (record.get('activation_mb') is not None
-                                         or not measure):
-            record['reused'] = True
-            return record
-    record = dict(method=method, task=task, seed=seed, key=key, split=split,
-                  config=osp.relpath(config_path(method, task), REPO),
-                  lr=cfg.optim_wrapper.optimizer.lr, **train_and_test(cfg, task, measure))
-    _write_text_atomic(path, json.dumps(record, indent=2))
-    return record
-
-
-# ----------------------------------------------------------------------------
-# Table and plot (pure functions of the records)
-
-
-def summarize(records: List[dict]) -> 'OrderedDict[tuple, dict]':
-    """Per (task, method): every metric as ``(mean, std, n)`` over seeds and
-    the cost columns (means over runs)."""
-    rows = OrderedDict()
-    for task in TASKS:
-        for method in METHODS:
-            mine = [r for r in records if r['task'] == task and r['method'] == method]
-            if not mine:
-                continue
-            row = OrderedDict()
-            for key in TASKS[task][1]:
-                values = [r['metrics'][key] for r in mine]
-                row[key] = (_mean(values), _std(values), len(values))
-            for key in ('trainable_backbone', 'trainable_total'):
-                row[key] = max(r[key] for r in mine)
-            for key in ('activation_mb', 'tensor_peak_mb', 'train_s'):
-                values = [r[key] for r in mine if r.get(key) is not None]
-                row[key] = _mean(values) if values else None
-            row['lr'] = mine[0]['lr']
-            rows[(task, method)] = row
-    return rows
-
-
-def _cell(cell) -> str:
-    mean, std, n = cell
-    return f'{mean:.1f} ± {std:.1f}' if n > 1 else f'{mean:.1f}'
-
-
-def _percent(task: str, key: str, cell) -> tuple:
-    """CocoMetric reports fractions, IoUMetric percentages: show percentages."""
-    if task == 'detection':
-        return tuple(v * 100 if i < 2 else v for i, v in enumerate(cell))
-    return cell
-
-
-def to_markdown(rows: 'OrderedDict[tuple, dict]') -> str:
-    lines = []
-    for task in TASKS:
-        mine = [(m, r) for (t, m), r in rows.items() if t == task]
-        if not mine:
-            continue
-        header = (['method'] + list(TASKS[task][1].values()) +
-                  ['trainable (backbone)', 'trainable (all)', 'activations saved',
-                   'step tensor peak', 'train time', 'lr'])
-        lines += [f'**{task}**', '', '| ' + ' | '.join(header) + ' |',
-                  '|' + '---|' * len(header)]
-        for method, row in mine:
-            cells = [METHODS[method]]
-            cells += [_cell(_percent(task, k, row[k])) for k in TASKS[task][1]]
-            cells += [f'{row["trainable_backbone"]:,}', f'{row["trainable_total"]:,}']
-            for key in ('activation_mb', 'tensor_peak_mb'):
-                cells.append('-' if row[key] is None else f'{row[key]:.2f} MB')
-            cells += [f'{row["train_s"]:.0f} s', f'{row["lr"]:g}']
-            lines.append('| ' + ' | '.join(cells) + ' |')
-        lines.append('')
-    return '\n'.join(lines)
-
-
-def to_csv(path: str, rows: 'OrderedDict[tuple, dict]') -> None:
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'w', newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(['task', 'method', 'metric', 'mean', 'std', 'n', 'trainable_backbone',
-                         'trainable_total', 'activation_mb', 'tensor_peak_mb', 'train_s', 'lr'])
-        for (task, method), row in rows.items():
-            for key in TASKS[task][1]:
-                mean, std, n = _percent(task, key, row[key])
-                writer.writerow([task, method, key, f'{mean:.3f}', f'{std:.3f}', n,
-                                 row['trainable_backbone'], row['trainable_total'],
-                                 '' if row['activation_mb'] is None
-                                 else f'{row["activation_mb"]:.3f}',
-                                 '' if row['tensor_peak_mb'] is None
-                                 else f'{row["tensor_peak_mb"]:.3f}',
-                                 f'{row["train_s"]:.1f}', f'{row["lr"]:g}'])
-    os.replace(tmp, path)
-
-
-def plot(path: str, rows: 'OrderedDict[tuple, dict]', title: str) -> None:
-    """Per task: the main metric vs activations saved for backward; marker
-    area ~ trainable parameters (trunk, side network, neck and head)."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    tasks = [t for t in TASKS if any(k[0] == t for k in rows)]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.8), squeeze=False)
-    largest = max([r['trainable_total'] for r in rows.values()] + [1])
-    for ax, task in zip(axes[0], tasks):
-        key = primary(task)
-        for (t, method), row in rows.items():
-            if t != task or row['activation_mb'] is None:
-                continue
-            mean, std, n = _percent(task, key, row[key])
-            x = row['activation_mb']
-            ax.scatter(x, mean, s=40 + 1500 * row['trainable_total'] / largest, alpha=.6)
-            if n > 1:
-                ax.errorbar(x, mean, yerr=std, fmt='none', ecolor='k', elinewidth=.8, capsize=3)
-            ax.annotate(f'{METHODS[method]}\n{row["trainable_total"]:,} params', (x, mean),
-                        textcoords='offset points', xytext=(8, -4), va='center', fontsize=7)
-        ax.set_xlabel('activations saved for backward (MB, one training step, batch 8)')
-        ax.set_ylabel(f'{TASKS[task][1][key]} (%)')
-        ax.set_title(task, fontsize=9)
-        ax.margins(x=.3, y=.15)
-        ax.grid(alpha=.3)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    tmp = f'{path}.{os.getpid()}.tmp.png'
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-# ----------------------------------------------------------------------------
-# The lr sweep
-
-
-def lr_block(scores: 'OrderedDict[float, float]', best: float, metric: str) -> str:
-    items = ', '.join(f'{lr:g}: {score:.1f}' for lr, score in scores.items())
-    return ('# chosen on train -> val by tools/misc/dense_demo.py --sweep --write\n'
-            f'# (val {metric} of the grid, seed 0: {items})\n'
-            f'lr = {best:g}\n')
-
-
-def write_lr(config: str, scores: 'OrderedDict[float, float]', best: float,
-             metric: str) -> None:
-    """Replace the config's lr block (the comment and ``lr = ...``)."""
-    from mmdtl.utils.checkpoint import _write_text_atomic
-
-    with open(config, encoding='utf-8') as f:
-        text = f.read()
-    new, count = LR_BLOCK.subn(lambda _: lr_block(scores, best, metric), text)
-    if count != 1:
-        raise SystemExit(f'{config}: expected one "# chosen on train -> val by ..." block '
-                         f'followed by "lr = ...", found {count}')
-    _write_text_atomic(config, new)
-
-
-def best_lr(scores: 'OrderedDict[float, float]') -> float:
-    """The best-scoring lr; ties go to the smaller lr."""
-    return max(sorted(scores), key=lambda lr: (scores[lr], -lr))
-
-
-def sweep(args, sha: str, options: dict) -> int:
-    work_root = osp.abspath(args.work_dir) + '_sweep'
-    plan = [(m, t, lr) for t in args.tasks for m in args.methods for lr in GRIDS[t]]
-    print(f'Sweep: {len(plan)} runs (train -> val, seed 0); logs in {work_root}', flush=True)
-    start = time.time()
-    scores: Dict[tuple, 'OrderedDict[float, float]'] = OrderedDict()
-    for i, (method, task, lr) in enumerate(plan, 1):
-        record = run_one(method, task, 0, work_root, sha,
-                         task_options(task, args.data_root, options), 'val', lr, args.force,
-                         measure=False, checkpoint=osp.abspath(args.checkpoint))
-        score = _percent(task, primary(task), (record['metrics'][primary(task)], 0, 1))[0]
-        scores.setdefault((task, method), OrderedDict())[lr] = score
-        print(f'[{i:2d}/{len(plan)}] {task:12s} {method:10s} lr {lr:<7g} val '
-              f'{TASKS[task][1][primary(task)]} {score:5.1f}  ({time.time() - start:.0f} s '
-              'elapsed)', flush=True)
-    lines = ['| task | method | val score per lr | best |', '|---|---|---|---|']
-    for (task, method), grid in scores.items():
-        best = best_lr(grid)
-        lines.append(f'| {task} | {method} | ' +
-                     ', '.join(f'{lr:g}: {s:.1f}' for lr, s in grid.items()) +
-                     f' | {best:g} |')
-        if args.write:
-            write_lr(config_path(method, task), grid, best, TASKS[task][1][primary(task)])
-    table = '\n'.join(lines) + '\n'
-    from mmdtl.utils.checkpoint import _write_text_atomic
-    os.makedirs(work_root, exist_ok=True)
-    _write_text_atomic(osp.join(work_root, 'sweep.md'), table)
-    print('\n' + table + ('\nWrote the best lrs into the configs.' if args.write else ''))
-    return 0
-
-
-# ----------------------------------------------------------------------------
 
 
 def parse_args(argv=None):
@@ -358,7 +53,7 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', default='work_dirs/dense_demo')
     parser.add_argument('--data-root', default='data/dense-scenes',
                         help='the scenes (written there by make_dense_scenes when missing)')
-    parser.add_argument('--checkpoint', default=demo.CHECKPOINT,
+    parser.add_argument('--checkpoint', default=CHECKPOINT,
                         help='pre-trained backbone (default: the shipped one)')
     parser.add_argument('--sweep', action='store_true',
                         help='choose the lrs: every lr of each grid, train -> val, seed 0')
@@ -376,76 +71,15 @@ def parse_args(argv=None):
     return args
 
 
-def prepare(args) -> str:
-    """Check the backbone, write the scenes when missing; the backbone's SHA-256."""
-    import mmdtl  # noqa: F401  (registries)
-    from mmdtl.datasets.dense_scenes import write_dense_scenes
-
-    sha = demo.check_checkpoint(args.checkpoint)
-    # Written once; the datasets check the files against their annotations
-    # when they load.
-    if not osp.isfile(osp.join(args.data_root, 'meta.json')):
-        try:
-            write_dense_scenes(args.data_root)
-        except FileNotFoundError as e:
-            raise SystemExit(str(e)) from e
-    return sha
-
-
-def task_options(task: str, data_root: str, options: dict) -> dict:
-    """``options`` plus the data root of ``task``'s loaders (and of the COCO
-    metric, which reads the test annotations itself)."""
-    merged = {f'{loader}.dataset.data_root': data_root
-              for loader in ('train_dataloader', 'test_dataloader')}
-    if task == 'detection':
-        merged['test_evaluator.ann_file'] = f'{data_root}/annotations/instances_test.json'
-    merged.update(options)
-    return merged
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    sha = prepare(args)
     options = parse_cfg_options(args.cfg_options)
     if args.sweep:
-        return sweep(args, sha, options)
-    work_root = osp.abspath(args.work_dir)
-    plan = [(s, t, m) for s in args.seeds for t in args.tasks for m in args.methods]
-    print(f'Dense demo: {len(plan)} runs ({len(args.methods)} methods x {len(args.tasks)} '
-          f'tasks x {len(args.seeds)} seed(s)) from {args.checkpoint} (sha256 {sha[:12]}...), '
-          f'train -> test; logs in {work_root}', flush=True)
-    start = time.time()
-    records = []
-    for i, (seed, task, method) in enumerate(plan, 1):
-        record = run_one(method, task, seed, work_root, sha,
-                         task_options(task, args.data_root, options), force=args.force,
-                         checkpoint=osp.abspath(args.checkpoint))
-        records.append(record)
-        done = 'reused' if record.get('reused') else f'train {record["train_s"]:.0f} s'
-        metrics = ', '.join(f'{name} {_percent(task, k, (record["metrics"][k], 0, 1))[0]:.1f}'
-                            for k, name in TASKS[task][1].items())
-        print(f'[{i:2d}/{len(plan)}] seed {seed} {task:12s} {method:10s} {metrics}  ({done}; '
-              f'{time.time() - start:.0f} s elapsed)', flush=True)
-
-    rows = summarize(records)
-    title = (f'Dense demo scenes, test split: ViT 6x96 pre-trained on Fashion-MNIST, '
-             f'seeds {args.seeds}')
-    table = to_markdown(rows)
-    notes = ('± = std over seeds. bbox mAP / mAP50: mmdet CocoMetric; mIoU / aAcc: mmseg '
-             'IoUMetric (background included). Trainable: backbone (trunk + side network) and '
-             'all (with neck and head). Memory of one training step, batch 8, CPU fp32: bytes '
-             "saved for backward (parameters excluded) and the step's tensor peak; train time "
-             'per run, mean over seeds.')
-    os.makedirs(work_root, exist_ok=True)
-    from mmdtl.utils.checkpoint import _write_text_atomic
-    _write_text_atomic(osp.join(work_root, 'dense_demo.md'), f'# {title}\n\n{table}\n{notes}\n')
-    to_csv(osp.join(work_root, 'dense_demo.csv'), rows)
-    plot(osp.join(work_root, 'dense_demo.png'), rows,
-         f'Dense demo: metric vs training memory (marker area ~ trainable parameters), '
-         f'seeds {args.seeds}')
-    print(f'\n{title}\n\n{table}\n{notes}\n')
-    print(f'Wrote {work_root}/dense_demo.md, .csv and .png in '
-          f'{(time.time() - start) / 60:.1f} min', flush=True)
+        sweep_dense_lrs(args.methods, args.tasks, args.work_dir, args.data_root,
+                        args.checkpoint, args.write, args.force, options)
+    else:
+        run_dense_demo(args.methods, args.tasks, args.seeds, args.work_dir, args.data_root,
+                       args.checkpoint, args.force, options)
     return 0
 
 
