@@ -7,6 +7,7 @@ import os.path as osp
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import mmdtl.demo.dense as dense
@@ -129,3 +130,132 @@ def test_configs_differ_only_in_backbone_and_lr():
         assert cfgs['dtl+sparse'].model.backbone.csn.add_back_blocks == [3, 5]
         assert osp.isfile(REPO / CHECKPOINT)
 
+
+# ------------------------------------------------------------------ inferencers
+def random_model_checkpoint(cfg, scope: str, path: Path, meta: dict) -> None:
+    """The config's model with random, non-zero weights everywhere (the side
+    network's B starts at zero), saved as a training run saves it."""
+    import importlib
+
+    import torch
+    from mmengine.registry import DefaultScope, init_default_scope
+
+    registry = importlib.import_module(f'{scope}.registry').MODELS
+    init_default_scope(scope)
+    with DefaultScope.overwrite_default_scope(scope):
+        torch.manual_seed(0)
+        model = registry.build(cfg.model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': meta}}, path)
+
+
+def pipeline_output(cfg, scope: str, model, path: str, drop=(), **extra):
+    """The config's own test pipeline on an image file and the model's test
+    step: what tools/test.py gives for the scene."""
+    import importlib
+
+    import torch
+    from mmengine.dataset import Compose, pseudo_collate
+    from mmengine.registry import DefaultScope
+
+    registry = importlib.import_module(f'{scope}.registry').TRANSFORMS
+    steps = [t for t in cfg.test_dataloader.dataset.pipeline if t['type'] not in drop]
+    with DefaultScope.overwrite_default_scope(scope):
+        data = Compose([registry.build(t) for t in steps])(dict(img_path=path, **extra))
+        with torch.no_grad():
+            return model.test_step(pseudo_collate([data]))[0]
+
+
+def dense_demo_config(task: str):
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(dense.config_path('dtl+', task))
+    cfg.model.backbone.init_cfg = None  # the checkpoint written here holds every weight
+    if task == 'detection':  # every box kept, so that a random model has some to compare
+        cfg.merge_from_dict({'model.test_cfg.score_thr': 0.0, 'model.test_cfg.max_per_img': 20})
+    return cfg
+
+
+def test_grey_step_is_a_no_op_on_the_scenes(scenes):
+    """The demo's own data reach the model exactly as before the ToGrayscale
+    step was added: the grey loader gives one channel already."""
+    import importlib
+
+    import torch
+    from mmengine.dataset import Compose
+    from mmengine.registry import DefaultScope
+
+    scene = str(sorted(Path(scenes, 'img_dir', 'test').iterdir())[0])
+    for task, scope in (('detection', 'mmdet'), ('segmentation', 'mmseg')):
+        pipeline = dense_demo_config(task).test_dataloader.dataset.pipeline
+        assert pipeline[1]['type'] == 'mmpretrain.ToGrayscale'
+        registry = importlib.import_module(f'{scope}.registry').TRANSFORMS
+        outputs = []
+        for steps in (pipeline, pipeline[:1] + pipeline[2:]):
+            steps = [t for t in steps if t['type'] != 'LoadAnnotations' or scope == 'mmdet']
+            with DefaultScope.overwrite_default_scope(scope):
+                outputs.append(Compose([registry.build(t) for t in steps])(
+                    dict(img_path=scene, img_id=0)))
+        assert outputs[0]['inputs'].shape[0] == 1
+        assert torch.equal(outputs[0]['inputs'], outputs[1]['inputs'])
+
+
+def test_det_inferencer_on_a_colour_array(scenes, tmp_path):
+    """mmdet's DetInferencer hands arrays on as given: a 3-channel (BGR)
+    uint8 array reaches the 1-channel demo trunk through ToGrayscale, and a
+    grey scene read in colour predicts exactly what the test pipeline does."""
+    import cv2
+    import torch
+    from mmdet.apis import DetInferencer
+
+    cfg = dense_demo_config('detection')
+    checkpoint = tmp_path / 'model.pth'
+    random_model_checkpoint(cfg, 'mmdet', checkpoint,
+                            {'classes': tuple(f'c{i}' for i in range(cfg.num_classes))})
+    inferencer = DetInferencer(cfg, weights=str(checkpoint), device='cpu', show_progress=False)
+    scene = str(sorted(Path(scenes, 'img_dir', 'test').iterdir())[0])
+    expected = pipeline_output(cfg, 'mmdet', inferencer.model, scene, img_id=0).pred_instances
+    assert len(expected) > 0
+    colour = cv2.imread(scene)  # B = G = R
+    assert colour.shape == (112, 112, 3) and colour.dtype == np.uint8
+    for inputs in (scene, colour):
+        result = inferencer(inputs, return_datasamples=True)['predictions'][0]
+        for key in ('bboxes', 'scores', 'labels'):
+            torch.testing.assert_close(result.pred_instances[key], expected[key],
+                                       rtol=0, atol=1e-5)
+    # a colour image (channels differ) runs too
+    rng = np.random.default_rng(0)
+    result = inferencer(rng.integers(0, 256, (96, 80, 3), dtype=np.uint8),
+                        return_datasamples=True)['predictions'][0]
+    assert result.ori_shape == (96, 80) and len(result.pred_instances) > 0
+
+
+def test_mmseg_inferencer_on_a_colour_array(scenes, tmp_path):
+    """The same with mmseg's MMSegInferencer and the FCN config."""
+    import cv2
+    import torch
+    from mmseg.apis import MMSegInferencer
+
+    cfg = dense_demo_config('segmentation')
+    classes = tuple(f'c{i}' for i in range(cfg.num_classes))
+    checkpoint = tmp_path / 'model.pth'
+    random_model_checkpoint(cfg, 'mmseg', checkpoint,
+                            {'classes': classes, 'palette': [[i, i, i] for i in range(21)]})
+    inferencer = MMSegInferencer(cfg, weights=str(checkpoint), device='cpu')
+    inferencer.show_progress = False
+    scene = str(sorted(Path(scenes, 'img_dir', 'test').iterdir())[0])
+    expected = pipeline_output(cfg, 'mmseg', inferencer.model, scene,
+                                  drop=('LoadAnnotations', ))
+    for inputs in (scene, cv2.imread(scene)):
+        result = inferencer(inputs, return_datasamples=True)
+        assert result.pred_sem_seg.data.shape == (1, 112, 112)
+        torch.testing.assert_close(result.seg_logits.data, expected.seg_logits.data,
+                                   rtol=0, atol=1e-5)
+        assert torch.equal(result.pred_sem_seg.data, expected.pred_sem_seg.data)
+    rng = np.random.default_rng(0)
+    result = inferencer(rng.integers(0, 256, (70, 84, 3), dtype=np.uint8),
+                        return_datasamples=True)
+    assert result.pred_sem_seg.data.shape == (1, 70, 84)

@@ -34,6 +34,9 @@ model = dict(
 
 pipeline = [
     dict(type='LoadImageFromFile', color_type='grayscale'),
+    # No-op on the loader's grey images; one channel again for the inferencers
+    # (DetInferencer, MMSegInferencer), which pass arrays on as given.
+    dict(type='mmpretrain.ToGrayscale'),
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]

@@ -42,6 +42,9 @@ model = dict(
 
 pipeline = [
     dict(type='LoadImageFromFile', color_type='grayscale'),
+    # No-op on the loader's grey images; one channel again for the inferencers
+    # (DetInferencer, MMSegInferencer), which pass arrays on as given.
+    dict(type='mmpretrain.ToGrayscale'),
     dict(type='LoadAnnotations', with_bbox=True),
     # The scenes are 112 px already: records the scale factor (1) mmdet's
     # heads and metric expect.
