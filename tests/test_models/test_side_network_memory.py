@@ -1,5 +1,6 @@
 """Memory options of the side network's execution: recomputed running sums
-(``recompute_running_sums``) and checkpoints that keep no RNG state where
+(``recompute_running_sums``), sub-layer checkpoints (``checkpoint_sublayers``)
+and checkpoints that keep no RNG state where
 nothing random is recomputed. Each leaves logits and gradients bit-identical
 and keeps less for backward."""
 import pytest
@@ -100,15 +101,93 @@ def test_a_second_backward_with_retain_graph():
         torch.testing.assert_close(param.grad, 2 * first[name], msg=name)
 
 
-def test_recomputed_running_sums_need_a_checkpointed_suffix():
-    assert ('recompute_running_sums', 'checkpoint_suffix') in [r[:2] for r in REQUIRES]
-    with pytest.raises(ValueError, match=r'^DTLViT: recompute_running_sums=True needs '
-                                         r'checkpoint_suffix=True \(') as err:
-        DTLOptions(recompute_running_sums=True).check('DTLViT')
+@pytest.mark.parametrize('option,needed,reason', REQUIRES, ids=[r[0] for r in REQUIRES])
+def test_an_option_without_the_one_it_needs_is_refused(option, needed, reason):
+    """Every entry of REQUIRES: one line naming both options, at build time."""
+    with pytest.raises(ValueError, match=rf'^DTLViT: {option}=True needs {needed}=True \(') as err:
+        DTLOptions(**{option: True}).check('DTLViT')
+    assert '\n' not in str(err.value) and reason in str(err.value)
+    DTLOptions(**{option: True, needed: True}).check('DTLViT')
+    with pytest.raises(ValueError, match=f'needs {needed}=True'):
+        dino_like(**{option: True})
+
+
+def test_the_requirements_table_lists_both_recomputations():
+    assert [r[:2] for r in REQUIRES] == [('recompute_running_sums', 'checkpoint_suffix'),
+                                         ('checkpoint_sublayers', 'checkpoint_suffix')]
+
+
+@pytest.mark.parametrize('sums', [False, True], ids=['sums-kept', 'sums-recomputed'])
+@pytest.mark.parametrize('storage', ['fp32', 'bf16'])
+@pytest.mark.parametrize('trunk', ['vit', 'deit3'])
+def test_checkpointed_sublayers_are_bit_identical(trunk, storage, sums):
+    """Attention and MLP halves checkpointed apart inside a checkpointed unit:
+    the same bits as the plain runner, fp32 and bf16 autocast, half-stored
+    weights, with or without recomputed running sums."""
+    half = storage == 'bf16'
+    options = dict(checkpoint_suffix=True, checkpoint_sublayers=True,
+                   recompute_running_sums=sums)
+    if half:
+        options['frozen_weights_dtype'] = 'bfloat16'
+    model = build(trunk, **options).train()
+    if half:
+        model.load_state_dict(build(trunk).state_dict())
+    for autocast in ([True] if half else [False, True]):
+        outs, grads = step(model, images_of(trunk), autocast)
+        expected_outs, expected_grads = plain_result(trunk, autocast)
+        for out, expected in zip(outs, expected_outs):
+            torch.testing.assert_close(out, expected, rtol=0, atol=0)
+        for name in expected_grads:
+            torch.testing.assert_close(grads[name], expected_grads[name], rtol=0, atol=0,
+                                       msg=name)
+
+
+def test_checkpointed_sublayers_with_drop_path_draw_the_same_numbers():
+    """A stochastic block: each sub-layer's recomputation restores the RNG
+    state, so gradients equal those of whole-block checkpoints, and differ
+    from another seed's."""
+    images = torch.randn(2, 3, 32, 32)
+
+    def grads(seed, **options):
+        model = dino_like(checkpoint_suffix=True, drop_path_rate=0.3, **options)
+        torch.manual_seed(seed)
+        # Squared: the sum of a LayerNorm's output has no gradient.
+        model(images)[0].square().sum().backward()
+        return {n: p.grad for n, p in model.csn.named_parameters()}
+
+    whole, split = grads(1), grads(1, checkpoint_sublayers=True)
+    for name in whole:
+        assert whole[name].abs().sum() > 0, name
+        torch.testing.assert_close(split[name], whole[name], rtol=0, atol=0, msg=name)
+    assert any(not torch.equal(grads(2)[n], whole[n]) for n in whole)
+
+
+def test_checkpointed_sublayers_lower_the_step_peak():
+    """The unit's recomputation keeps one sub-layer's activations at a time."""
+    images = torch.randn(4, 3, 32, 32)
+    peaks = {}
+    for split in (False, True):
+        model = dino_like(checkpoint_suffix=True, recompute_running_sums=True,
+                          checkpoint_sublayers=split)
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        def train_step():
+            with torch.autocast('cpu', torch.bfloat16):
+                out = model(images)[0]
+            out.float().sum().backward()
+            for p in params:
+                p.grad = None
+
+        peaks[split] = cpu_step_peaks(train_step, [*model.parameters(), images]).tensors
+    assert peaks[True] < peaks[False]
+
+
+@pytest.mark.parametrize('trunk', ['swin', 'beit', 'eva02', 'convnext'])
+def test_checkpointed_sublayers_are_refused_where_the_adapter_does_not_split(trunk):
+    with pytest.raises(ValueError, match=r'checkpoint_sublayers: \w+Adapter does not name the '
+                                         r'sub-layers of \w+ blocks') as err:
+        build(trunk, checkpoint_suffix=True, checkpoint_sublayers=True)
     assert '\n' not in str(err.value)
-    DTLOptions(recompute_running_sums=True, checkpoint_suffix=True).check('DTLViT')
-    with pytest.raises(ValueError, match='needs checkpoint_suffix=True'):
-        dino_like(recompute_running_sums=True)
 
 
 def test_stochastic_finds_every_kind_of_dropout():

@@ -1,6 +1,7 @@
 """DTL on mmpretrain's DeiT3 (DeiT III: layer-scaled blocks, position
 embedding added before the cls token)."""
 from mmpretrain.models.backbones import DeiT3
+from mmpretrain.models.backbones.deit3 import DeiT3TransformerEncoderLayer
 from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
@@ -20,6 +21,14 @@ class DeiT3Adapter(ViTFamilyAdapter):
         if bb.cls_token is not None:
             x = self.prepend_cls_token(x)
         return x, grid
+
+    def block_sublayers(self, index, block, grid):
+        # DeiT3's own block forward, split as it is (its MLP half normalises
+        # with ln1, as the parent does).
+        if type(block).forward is not DeiT3TransformerEncoderLayer.forward:
+            return None
+        return [lambda x: x + block.attn(block.ln1(x)),
+                lambda x: block.ffn(block.ln1(x), identity=x)]
 
 
 @MODELS.register_module()

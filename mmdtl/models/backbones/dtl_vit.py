@@ -1,5 +1,6 @@
 """DTL on mmpretrain's VisionTransformer."""
 from mmpretrain.models.backbones import VisionTransformer
+from mmpretrain.models.backbones.vision_transformer import TransformerEncoderLayer
 from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
@@ -22,6 +23,14 @@ class ViTAdapter(ViTFamilyAdapter):
         x = x + resize_pos_embed(bb.pos_embed, bb.patch_resolution, grid,
                                  mode=bb.interpolate_mode, num_extra_tokens=bb.num_extra_tokens)
         return bb.pre_norm(bb.drop_after_pos(x)), grid
+
+    def block_sublayers(self, index, block, grid):
+        # Only a block that runs mmpretrain's own forward, split as it is:
+        # x + attn(ln1(x)), then ffn(ln2(x), identity=x).
+        if type(block).forward is not TransformerEncoderLayer.forward:
+            return None
+        return [lambda x: x + block.attn(block.ln1(x)),
+                lambda x: block.ffn(block.ln2(x), identity=x)]
 
 
 @MODELS.register_module()

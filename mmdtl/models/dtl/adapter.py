@@ -11,7 +11,7 @@ ConvNeXt: maps ``(B, C, H, W)``); the side network always reads and writes
 *tokens* ``(B, num_extra_tokens + H*W, C)``, which :meth:`tokens` and
 :meth:`stream` convert. The *grid* is the ``(H, W)`` of the current stage.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -78,6 +78,14 @@ class TrunkAdapter:
                    grid: tuple) -> torch.Tensor:
         """Run block ``index`` on the stream. Defaults to ``block(x)``."""
         return block(x)
+
+    def block_sublayers(self, index: int, block: nn.Module,
+                        grid: tuple) -> Optional[List[Callable[[torch.Tensor], torch.Tensor]]]:
+        """The sub-layers of block ``index`` as functions of the stream whose
+        composition is exactly :meth:`call_block` (the same ops in the same
+        order), for ``checkpoint_sublayers``; None where the adapter does not
+        know the block's forward (the option is then refused)."""
+        return None
 
     def after_block(self, index: int, x: torch.Tensor,
                     grid: tuple) -> Tuple[torch.Tensor, tuple, list]:

@@ -40,6 +40,14 @@ class DTLOptions:
             Same outputs and gradients (the same ops in the same order);
             ``n (n - 1) / 2`` more up-projections and additions in backward
             for ``n`` checkpointed units. Defaults to False.
+        checkpoint_sublayers (bool): With ``checkpoint_suffix``, when
+            backward recomputes a unit, each sub-layer of its block
+            (attention, then MLP, with their residuals) runs under its own
+            checkpoint, so only one sub-layer's activations exist at a time
+            instead of the whole block's. Same outputs and gradients, one
+            more block forward per unit in backward. Trunks whose adapter
+            names the sub-layers (:meth:`TrunkAdapter.block_sublayers`:
+            ViT, DeiT3); refused on the others. Defaults to False.
         recompute_prefix_taps (bool): Keep none of the frozen prefix's tapped
             block inputs for backward: the prefix's taps run in one autograd
             function that saves only the images and runs blocks ``0..M`` again
@@ -72,6 +80,7 @@ class DTLOptions:
     freeze_backbone: bool = True
     checkpoint_suffix: bool = False
     recompute_running_sums: bool = False
+    checkpoint_sublayers: bool = False
     recompute_prefix_taps: bool = False
     prefix_cache: Optional[dict] = None
     pack_frozen_weights: Union[bool, str] = False
@@ -143,6 +152,8 @@ INCOMPATIBLE: Tuple[Tuple[str, Callable, str, Callable, str], ...] = (
 REQUIRES: Tuple[Tuple[str, str, str], ...] = (
     ('recompute_running_sums', 'checkpoint_suffix',
      'only checkpointed units recompute what they read'),
+    ('checkpoint_sublayers', 'checkpoint_suffix',
+     'sub-layer checkpoints split the recomputation of a checkpointed unit'),
 )
 
 
@@ -156,6 +167,8 @@ PRESETS: Dict[str, dict] = {
     'dtl+ckpt+rs': dict(dwconv=True, checkpoint_suffix=True, recompute_running_sums=True),
     'dtl+ckpt+rp+rs': dict(dwconv=True, checkpoint_suffix=True, recompute_prefix_taps=True,
                            recompute_running_sums=True),
+    'dtl+ckpt+rp+rs+sl': dict(dwconv=True, checkpoint_suffix=True, recompute_prefix_taps=True,
+                              recompute_running_sums=True, checkpoint_sublayers=True),
     'dtl+cache': dict(dwconv=True, prefix_cache=dict(storage='device')),
     'dtl+packed': dict(dwconv=True, pack_frozen_weights=True),
     'dtl+cache+packed': dict(dwconv=True, prefix_cache=dict(storage='device'),

@@ -16,7 +16,8 @@ Block ``M``'s output then receives the side output, and every later block
 runs as one *unit*, ``tap -> block -> add back``, checkpointed as a whole
 with ``checkpoint_suffix``; a checkpointed unit keeps its input and the
 running sum entering it, or its input only with ``recompute_running_sums``
-(:class:`_RunningSums`). A trunk that is not frozen runs every block as a
+(:class:`_RunningSums`); ``checkpoint_sublayers`` checkpoints the block's
+sub-layers apart inside the unit. A trunk that is not frozen runs every block as a
 unit, with grad. What differs between trunks is asked of the
 :class:`TrunkAdapter`.
 """
@@ -72,6 +73,16 @@ class DTLRunner:
         """Refuse trunk-dependent options that cannot work: a stored or
         recomputed prefix must be deterministic and produce no outputs."""
         start = self.csn.start
+        if options.checkpoint_sublayers:
+            blocks = self.trunk.blocks()
+            unknown = sorted({type(b).__name__ for i, b in enumerate(blocks)
+                              if self.trunk.block_sublayers(i, b, None) is None})
+            if unknown:
+                raise ValueError(
+                    f'{type(self.backbone).__name__}: checkpoint_sublayers: '
+                    f'{type(self.trunk).__name__} does not name the '
+                    f'sub-layers of {", ".join(unknown)} blocks (block_sublayers); remove '
+                    f'checkpoint_sublayers (checkpoint_suffix alone checkpoints whole blocks)')
         for option, enabled, where in (('prefix_cache', options.prefix_cache is not None,
                                         'cached'),
                                        ('recompute_prefix_taps', options.recompute_prefix_taps,
@@ -168,7 +179,7 @@ class DTLRunner:
             # the block's; the running sum after, so that no (B, N, C) sum
             # exists while the block runs (its recomputation is a peak).
             projected = self.project(index, x, grid, checkpointed)
-            out = self.trunk.call_block(index, block, x, grid)
+            out = self.call_block(index, block, x, grid, checkpointed)
             if sums is not None:
                 running_sum = sums.before(index)
             running_sum = self.csn.accumulate(index, projected, running_sum)
@@ -178,6 +189,25 @@ class DTLRunner:
         # checkpoint would keep the running sum that sums spares.
         out = self.add_back(index, out, running_sum, grid, False if sums else None)
         return out, running_sum
+
+    def call_block(self, index: int, block: nn.Module, x: torch.Tensor, grid: tuple,
+                   checkpointed: bool = False) -> torch.Tensor:
+        """Block ``index`` on the stream; in a checkpointed unit with
+        ``checkpoint_sublayers``, each sub-layer under its own checkpoint:
+        the unit's recomputation then keeps only the sub-layers' inputs,
+        and one sub-layer's activations at a time exist in its backward."""
+        if not (checkpointed and self.backbone.dtl_options.checkpoint_sublayers):
+            return self.trunk.call_block(index, block, x, grid)
+        rng, packs = _stochastic(block), self.backbone.frozen_linear_packs
+
+        def run(sublayer, x):
+            # Its recomputation runs in backward, after the unit's has ended.
+            with packed_linears(packs, x):
+                return sublayer(x)
+
+        for sublayer in self.trunk.block_sublayers(index, block, grid):
+            x = cp.checkpoint(run, sublayer, x, use_reentrant=False, preserve_rng_state=rng)
+        return x
 
     def project(self, index: int, x: torch.Tensor, grid: tuple,
                 checkpointed: bool = False) -> Optional[torch.Tensor]:
