@@ -1,7 +1,6 @@
 """The dense mini-benchmark's scenes: determinism, exact boxes / masks / label
 maps, disjoint source pools, loading through mmdet's and mmseg's pipelines,
 and a clear error for every kind of mismatched file."""
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -27,13 +26,6 @@ from mmdtl.testing import make_fashion_mnist_files
 
 REPO = Path(__file__).resolve().parents[2]
 SIZES = dict(num_train=8, num_val=4, num_test=6)
-
-
-def load_tool(path, name):
-    spec = importlib.util.spec_from_file_location(name, REPO / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def all_files(root):
@@ -324,8 +316,8 @@ def test_check_data_lists_every_problem(scenes, scenes_copy, capsys, load_cli):
     assert check_dense_scenes(scenes[0]) == []
 
 
-def test_generator_refuses_bad_options_and_foreign_folders(fashion, tmp_path):
-    tool = load_tool('tools/misc/make_dense_scenes.py', 'make_dense_scenes')
+def test_generator_refuses_bad_options_and_foreign_folders(fashion, tmp_path, load_cli):
+    tool = load_cli('tools/misc/make_dense_scenes.py')
     with pytest.raises(SystemExit, match=r'largest object \(60 px, --object-size\)'):
         tool.main(['--out-dir', str(tmp_path / 'x'), '--size', '56', '--object-size', '20',
                    '60', '--fashion-mnist', fashion])
