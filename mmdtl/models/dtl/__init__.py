@@ -2,10 +2,18 @@
 one options object (see ``docs/adding_a_backbone.md``)."""
 from .adapter import TrunkAdapter, ViTFamilyAdapter
 from .backbone import DTLBackbone
-from .options import HALF_SUFFIX, INCOMPATIBLE, PRESETS, DTLOptions, preset_names, preset_options
+from .options import (
+                      HALF_SUFFIX,
+                      INCOMPATIBLE,
+                      PRESETS,
+                      REQUIRES,
+                      DTLOptions,
+                      preset_names,
+                      preset_options,
+)
 from .runner import DTLRunner
 
 __all__ = [
     'TrunkAdapter', 'ViTFamilyAdapter', 'DTLBackbone', 'DTLOptions', 'DTLRunner',
-    'HALF_SUFFIX', 'INCOMPATIBLE', 'PRESETS', 'preset_names', 'preset_options'
+    'HALF_SUFFIX', 'INCOMPATIBLE', 'REQUIRES', 'PRESETS', 'preset_names', 'preset_options'
 ]
