@@ -6,7 +6,6 @@ images, one epoch of two iterations) and runs on CPU with mmcv's compiled ops
 (RoIAlign, NMS) and CocoMetric (bbox, segm).
 """
 import copy
-import importlib.util
 import json
 import os
 import subprocess
@@ -287,19 +286,7 @@ def test_config_trains_and_evaluates(path, coco_root, tmp_path):
     check_metrics(runner.val(), segm=cfg.model.type == 'MaskRCNN')
 
 
-def load_tools(monkeypatch):
-    """tools/train.py and tools/test.py as modules (to run their main())."""
-    modules = []
-    for name in ('train', 'test'):
-        spec = importlib.util.spec_from_file_location(f'_tool_{name}',
-                                                      REPO / 'tools' / f'{name}.py')
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        modules.append(module)
-    return modules
-
-
-def test_train_tool_then_test_tool(coco_root, tmp_path, monkeypatch):
+def test_train_tool_then_test_tool(coco_root, tmp_path, monkeypatch, load_cli):
     """tools/train.py in a subprocess (validation every epoch), then
     tools/test.py on its checkpoint."""
     cfg = Config.fromfile(str(SUBPROCESS_CONFIG))
@@ -320,7 +307,7 @@ def test_train_tool_then_test_tool(coco_root, tmp_path, monkeypatch):
     state = torch.load(checkpoint, map_location='cpu', weights_only=True)['state_dict']
     check_frozen_and_trained(state, pretrained)
 
-    _, test = load_tools(monkeypatch)
+    test = load_cli('tools/test.py')
     monkeypatch.setattr(sys, 'argv', [
         'test.py', str(SUBPROCESS_CONFIG), str(checkpoint), '--work-dir',
         str(tmp_path / 'test'), '--cfg-options', *cli(options),
@@ -369,21 +356,13 @@ def test_simple_fpn_errors():
 
 
 # ---------------------------------------------------------- detection_memory
-def load_memory_tool():
-    path = REPO / 'tools' / 'analysis' / 'detection_memory.py'
-    spec = importlib.util.spec_from_file_location('_detection_memory', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize('name', ['mask-rcnn_dtl+-vit-b_simplefpn_1x_coco',
                                   'retinanet_dtl+-swin-t-p4-w7_fpn_1x_coco'])
-def test_detection_memory_tool(name, tmp_path):
+def test_detection_memory_tool(name, tmp_path, load_cli):
     path = REPO / 'configs' / 'mmdet' / f'{name}.py'
     cfg = Config.fromfile(str(path))
     options = {**backbone_options(cfg), **head_options(cfg)}
-    tool = load_memory_tool()
+    tool = load_cli('tools/analysis/detection_memory.py')
     rows = tool.main([str(path), '--img-size', '64', '96', '--batch-size', '1',
                       '--num-objects', '2', '--device', 'cpu', '--work-dir', str(tmp_path),
                       '--cfg-options', *cli(options)])

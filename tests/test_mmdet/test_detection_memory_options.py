@@ -6,7 +6,6 @@ backbone's ``checkpoint_suffix``) must give the same outputs and gradients as
 the plain run, in train mode, while saving fewer bytes for backward.
 """
 import copy
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ pytest.importorskip('mmdet')
 import mmdet.models  # noqa: F401,E402  (registers mmdet's modules)
 
 import mmdtl  # noqa: F401,E402
+from mmdtl.analysis import detection_memory as tool  # noqa: E402
 from mmdtl.utils import SavedTensorMeter  # noqa: E402
 from mmdtl.utils.config_checks import (  # noqa: E402
     check_backbone_reaches_neck,
@@ -64,14 +64,6 @@ OPTIONS_OFF = {
     'model.roi_head.bbox_head.with_cp': False,
     'model.roi_head.mask_head.with_cp': False,
 }
-
-
-def load_tool():
-    path = REPO / 'tools' / 'analysis' / 'detection_memory.py'
-    spec = importlib.util.spec_from_file_location('_detection_memory_options', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def build(cfg_dict: dict, seed: int = 0):
@@ -188,7 +180,7 @@ def tiny_vit_cfg(options: dict = None) -> Config:
     return cfg
 
 
-def detector_step(cfg: Config, tool, batch: dict):
+def detector_step(cfg: Config, batch: dict):
     """Losses and gradients of one training step of the detector of ``cfg``
     (random weights, seed 0), as detection_memory.py builds it, and its
     neck/head options."""
@@ -218,10 +210,9 @@ def test_vit_detector_options_on_by_default_and_results_preserving():
         ('CheckpointFCNMaskHead', True)
     assert cfg.backbone.drop_path_rate > 0  # checkpoints replay the same drop path
 
-    tool = load_tool()
     batch = tool.synthetic_batch((64, 96), 2, 3, 80, 0)
-    on_losses, on_grads, on_model = detector_step(tiny_vit_cfg(), tool, batch)
-    off_losses, off_grads, off_model = detector_step(tiny_vit_cfg(OPTIONS_OFF), tool, batch)
+    on_losses, on_grads, on_model = detector_step(tiny_vit_cfg(), batch)
+    off_losses, off_grads, off_model = detector_step(tiny_vit_cfg(OPTIONS_OFF), batch)
     assert tool.neck_head_options(on_model) == \
         'with_cp: neck, rpn_head, roi_head.bbox_head, roi_head.mask_head'
     assert tool.neck_head_options(off_model) == 'none'
@@ -236,15 +227,15 @@ def test_vit_detector_options_on_by_default_and_results_preserving():
     assert_same(list(on_grads.values()), list(off_grads.values()))
 
 
-def test_detection_memory_reports_options_and_is_fair(tmp_path):
+def test_detection_memory_reports_options_and_is_fair(tmp_path, load_cli):
     """Both sides run the configured neck/heads; only DTL runs the frozen
     trunk's checkpoint_suffix; the table says so."""
-    tool = load_tool()
+    cli = load_cli('tools/analysis/detection_memory.py')
     options = [f'{k}={v}' for k, v in TINY_VIT.items() if not k.endswith('_delete_')]
     options.append('model.backbone.arch._delete_=True')
-    rows = tool.main([str(VIT), '--img-size', '64', '96', '--batch-size', '1',
-                      '--num-objects', '2', '--device', 'cpu', '--work-dir', str(tmp_path),
-                      '--cfg-options', *options])
+    rows = cli.main([str(VIT), '--img-size', '64', '96', '--batch-size', '1',
+                     '--num-objects', '2', '--device', 'cpu', '--work-dir', str(tmp_path),
+                     '--cfg-options', *options])
     dtl, full = rows
     assert dtl['backbone_options'] == 'freeze_backbone=True checkpoint_suffix=True'
     assert full['backbone_options'] == 'freeze_backbone=False'
@@ -297,8 +288,8 @@ def test_neck_channel_and_featmap_errors():
         neck((torch.randn(1, 16, 4, 4), ))
 
 
-def test_detection_memory_refuses_cut_out_indices(tmp_path):
-    tool = load_tool()
+def test_detection_memory_refuses_cut_out_indices(tmp_path, load_cli):
+    cli = load_cli('tools/analysis/detection_memory.py')
     with pytest.raises(SystemExit, match='model.backbone.out_indices'):
-        tool.main([str(SWIN_T), '--work-dir', str(tmp_path), '--cfg-options',
-                   'model.backbone.out_indices=(1,2,3)'])
+        cli.main([str(SWIN_T), '--work-dir', str(tmp_path), '--cfg-options',
+                  'model.backbone.out_indices=(1,2,3)'])

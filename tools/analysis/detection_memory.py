@@ -30,6 +30,9 @@ and writes ``detection_memory.md`` and ``detection_memory.csv`` under
 ``--work-dir``. Weights are random (``init_cfg`` of the backbone is dropped,
 no checkpoint is needed): the counts depend on the shapes, not the values.
 
+The measurement is ``mmdtl.analysis.detection_memory``; this script parses
+the command line.
+
 Example::
 
     python tools/analysis/detection_memory.py configs/mmdet/*.py \\
@@ -38,30 +41,13 @@ Example::
         configs/mmdet/mask-rcnn_dtl+-swin-t-p4-w7_fpn_1x_coco.py --img-size 800 1344
 """
 import argparse
-import copy
-import csv
-import gc
 import os.path as osp
-import time
-from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List
 
-import numpy as np
 import torch
-from mmengine.config import Config, DictAction
-from mmengine.logging import MMLogger
-from mmengine.registry import DefaultScope, init_default_scope
+from mmengine.config import DictAction
 
-from mmdtl.utils import SavedTensorMeter, synchronize
-
-COLUMNS = ['config', 'mode', 'backbone_options', 'neck_head_options', 'trainable_backbone',
-           'trainable_total', 'total_params', 'backbone_activation_mb', 'activation_mb',
-           'backbone_activation_vs_full', 'activation_vs_full', 'trainable_vs_full', 'step_s']
-MODES = ('dtl', 'full')
-#: DTL backbone options that serve a frozen trunk; the full fine-tuning side
-#: runs without them (see the module docstring).
-FROZEN_TRUNK_OPTIONS = ('checkpoint_suffix', 'recompute_prefix_taps', 'prefix_cache',
-                        'frozen_weights_dtype', 'pack_frozen_weights')
+from mmdtl.analysis.detection_memory import ConfigError, run_detection_memory
 
 
 def parse_args(argv=None):
@@ -93,273 +79,19 @@ def parse_args(argv=None):
     return args
 
 
-def load_config(path: str, options: dict = None) -> Config:
-    if not osp.isfile(path):
-        raise SystemExit(f'Config file not found: {path}')
-    cfg = Config.fromfile(path)
-    if options:
-        cfg.merge_from_dict(options)
-    backbone = cfg.get('model', {}).get('backbone')
-    if backbone is None or 'csn' not in backbone:
-        raise SystemExit(f'{path}: model.backbone is not a DTL backbone (no csn); '
-                         'this tool compares DTL with full fine-tuning')
-    return cfg
-
-
-def num_classes_of(cfg_model) -> int:
-    """The smallest ``num_classes`` in the model config (all labels valid)."""
-    found = []
-
-    def visit(node):
-        if isinstance(node, dict):
-            if isinstance(node.get('num_classes'), int):
-                found.append(node['num_classes'])
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, (list, tuple)):
-            for value in node:
-                visit(value)
-
-    visit(cfg_model)
-    return min(found) if found else 1
-
-
-def synthetic_batch(size: Tuple[int, int], batch_size: int, num_objects: int,
-                    num_classes: int, seed: int) -> dict:
-    """Random images with random boxes and elliptic masks inside them, as a
-    data loader gives them to the data preprocessor."""
-    from mmdet.structures import DetDataSample
-    from mmdet.structures.mask import BitmapMasks
-    from mmengine.structures import InstanceData
-
-    rng = np.random.default_rng(seed)
-    height, width = size
-    inputs, samples = [], []
-    for _ in range(batch_size):
-        inputs.append(torch.from_numpy(
-            rng.integers(0, 256, (3, height, width), dtype=np.uint8)))
-        x1 = rng.uniform(0, 0.7 * width, num_objects)
-        y1 = rng.uniform(0, 0.7 * height, num_objects)
-        x2 = np.minimum(x1 + rng.uniform(0.1, 0.5, num_objects) * width, width - 1)
-        y2 = np.minimum(y1 + rng.uniform(0.1, 0.5, num_objects) * height, height - 1)
-        boxes = np.stack([x1, y1, x2, y2], axis=1).astype(np.float32)
-        yy, xx = np.mgrid[:height, :width]
-        masks = np.zeros((num_objects, height, width), dtype=np.uint8)
-        for k, (a, b, c, d) in enumerate(boxes):
-            cx, cy, rx, ry = (a + c) / 2, (b + d) / 2, (c - a) / 2, (d - b) / 2
-            masks[k] = ((xx - cx) / rx)**2 + ((yy - cy) / ry)**2 <= 1
-        gt = InstanceData(
-            bboxes=torch.from_numpy(boxes),
-            labels=torch.from_numpy(rng.integers(0, num_classes, num_objects)),
-            masks=BitmapMasks(masks, height, width))
-        sample = DetDataSample(metainfo=dict(
-            img_shape=(height, width), ori_shape=(height, width), scale_factor=(1., 1.),
-            flip=False))
-        sample.gt_instances = gt
-        samples.append(sample)
-    return dict(inputs=inputs, data_samples=samples)
-
-
-class RegionMeter(SavedTensorMeter):
-    """A :class:`SavedTensorMeter` that also counts, apart, what is saved
-    while ``module`` runs its forward."""
-
-    def __init__(self, exclude, module: torch.nn.Module):
-        super().__init__(exclude)
-        self.inside = {}
-        self._depth = 0
-        self._handles = [
-            module.register_forward_pre_hook(lambda *_: self._enter()),
-            module.register_forward_hook(lambda *_: self._leave())
-        ]
-
-    def _enter(self):
-        self._depth += 1
-
-    def _leave(self):
-        self._depth -= 1
-
-    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        before = len(self.storages)
-        tensor = super()._pack(tensor)
-        if self._depth and len(self.storages) > before:  # a new activation storage
-            storage = tensor.untyped_storage()
-            self.inside[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-
-def build_detector(cfg: Config, mode: str, seed: int, device: torch.device):
-    from mmdet.registry import MODELS
-
-    from mmdtl.models.dtl import DTLOptions
-
-    model_cfg = copy.deepcopy(cfg.model)
-    # No checkpoint needed: what is saved depends on shapes, not on values.
-    model_cfg.backbone.init_cfg = None
-    if mode == 'full':
-        model_cfg.backbone.freeze_backbone = False
-        defaults = DTLOptions()
-        for name in FROZEN_TRUNK_OPTIONS:  # plain full fine-tuning; neck/heads untouched
-            if name in model_cfg.backbone:
-                model_cfg.backbone[name] = getattr(defaults, name)
-    torch.manual_seed(seed)
-    model = MODELS.build(model_cfg)
-    model.init_weights()
-    return model.to(device).train()
-
-
-def backbone_options(backbone: torch.nn.Module) -> str:
-    """The reported DTL options of a built backbone, e.g.
-    ``'freeze_backbone=True checkpoint_suffix=True'``."""
-    options = getattr(backbone, 'dtl_options', None)
-    if options is None:
-        return type(backbone).__name__
-    shown = ['freeze_backbone'] + [n for n in FROZEN_TRUNK_OPTIONS
-                                   if getattr(options, n) not in (None, False)]
-    return ' '.join(f'{n}={getattr(options, n)}' for n in shown)
-
-
-def neck_head_options(model: torch.nn.Module) -> str:
-    """The modules outside the backbone that run with activation
-    checkpointing (``with_cp=True``), e.g. ``'with_cp: neck, rpn_head'``."""
-    names = []
-    for name, module in model.named_modules():
-        if not name or name == 'backbone' or name.startswith('backbone.'):
-            continue
-        if getattr(module, 'with_cp', False) is True and not any(
-                name.startswith(n + '.') for n in names):
-            names.append(name)
-    return 'with_cp: ' + ', '.join(names) if names else 'none'
-
-
-def measure(cfg: Config, mode: str, args) -> dict:
-    """Parameter counts and activation bytes of one training step."""
-    device = torch.device(args.device)
-    size = tuple(args.img_size) if len(args.img_size) == 2 else (args.img_size[0], ) * 2
-    model = build_detector(cfg, mode, args.seed, device)
-    batch = synthetic_batch(size, args.batch_size, args.num_objects,
-                            num_classes_of(cfg.model), args.seed)
-    data = model.data_preprocessor(batch, training=True)
-
-    meter = RegionMeter(model.parameters(), model.backbone)
-    torch.manual_seed(args.seed)  # same drop path and RoI sampling in both modes
-    synchronize(device)
-    tic = time.perf_counter()
-    with meter:
-        loss, _ = model.parse_losses(model(**data, mode='loss'))
-    meter.remove()
-    loss.backward()  # frees the graph
-    synchronize(device)
-    step_s = time.perf_counter() - tic
-    row = dict(
-        mode=mode,
-        backbone_options=backbone_options(model.backbone),
-        neck_head_options=neck_head_options(model),
-        trainable_backbone=sum(p.numel() for p in model.backbone.parameters()
-                               if p.requires_grad),
-        trainable_total=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        total_params=sum(p.numel() for p in model.parameters()),
-        backbone_activation_mb=sum(meter.inside.values()) / 2**20,
-        activation_mb=meter.bytes / 2**20,
-        step_s=step_s)
-    return row
-
-
-def add_ratios(rows: List[dict]) -> None:
-    full = {r['config']: r for r in rows if r['mode'] == 'full'}
-    for row in rows:  # a fair comparison: the same neck and heads on both sides
-        if row['neck_head_options'] != full[row['config']]['neck_head_options']:
-            raise RuntimeError(
-                f'{row["config"]}: the neck/head options differ between the modes '
-                f'({row["neck_head_options"]!r} vs {full[row["config"]]["neck_head_options"]!r})')
-    for row in rows:
-        ref = full[row['config']]
-        row['backbone_activation_vs_full'] = (
-            row['backbone_activation_mb'] / ref['backbone_activation_mb']
-            if ref['backbone_activation_mb'] else float('nan'))
-        row['activation_vs_full'] = (row['activation_mb'] / ref['activation_mb']
-                                     if ref['activation_mb'] else float('nan'))
-        row['trainable_vs_full'] = row['trainable_total'] / ref['trainable_total']
-
-
-def fmt(value) -> str:
-    if isinstance(value, float):
-        return f'{value:.3f}' if abs(value) < 10 else f'{value:.1f}'
-    if isinstance(value, int):
-        return f'{value:,}'
-    return str(value)
-
-
-def write_outputs(args, rows: Sequence[dict]) -> dict:
-    work_dir = Path(args.work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    size = 'x'.join(map(str, args.img_size * (3 - len(args.img_size))))
-    lines = [
-        f'# Detection: DTL vs full fine-tuning ({size} px, batch {args.batch_size}, '
-        f'{args.num_objects} objects/image, {args.device})', '',
-        'activation_mb: tensors saved for backward in one training step '
-        '(parameters excluded); `full` = `model.backbone.freeze_backbone=False` without the '
-        f'frozen-trunk options ({", ".join(FROZEN_TRUNK_OPTIONS)}); neck and heads as '
-        'configured in both modes. step_s: that one step, forward + backward.', ''
-    ]
-    for row in rows:
-        if row['mode'] == 'full':
-            lines.append(f'- {row["config"]}: neck/head memory options (both modes): '
-                         f'{row["neck_head_options"]}')
-    lines += ['', '| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
-    lines += ['| ' + ' | '.join(fmt(r[c]) for c in COLUMNS) + ' |' for r in rows]
-    md = work_dir / 'detection_memory.md'
-    md.write_text('\n'.join(lines) + '\n')
-    csv_path = work_dir / 'detection_memory.csv'
-    with open(csv_path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({c: r[c] for c in COLUMNS} for r in rows)
-    return dict(md=str(md), csv=str(csv_path))
-
-
 def main(argv=None) -> List[dict]:
     args = parse_args(argv)
-    import mmdet.models  # noqa: F401  (registers mmdet's modules)
-
-    import mmdtl  # noqa: F401  (DTL backbones, SimpleFPN)
-    from mmdtl.utils.config_checks import check_backbone_reaches_neck
-    Path(args.work_dir).mkdir(parents=True, exist_ok=True)
-    # The (long) per-parameter init report goes to this log file, not the terminal.
-    MMLogger.get_instance(
-        f'detection_memory_{time.time_ns()}',
-        log_file=osp.join(args.work_dir, 'detection_memory.log'), log_level='WARNING')
-    rows = []
-    for path in args.configs:
-        cfg = load_config(path, args.cfg_options)
-        try:  # a clear error before the step when out_indices do not reach the neck
-            check_backbone_reaches_neck(cfg)
-        except ValueError as error:
-            raise SystemExit(str(error)) from None
-        scope = cfg.get('default_scope', 'mmdet')
-        init_default_scope(scope)
-        name = osp.splitext(osp.basename(path))[0]
-        for mode in MODES:
-            tic = time.perf_counter()
-            with DefaultScope.overwrite_default_scope(scope):
-                row = dict(config=name, **measure(cfg, mode, args))
-            gc.collect()  # one detector at a time
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            rows.append(row)
-            print(f'{name} [{mode}]: trainable {row["trainable_total"]:,} '
-                  f'(backbone {row["trainable_backbone"]:,}), activations '
-                  f'{row["activation_mb"]:.1f} MB; backbone: {row["backbone_options"]}; '
-                  f'neck/heads: {row["neck_head_options"]} ({time.perf_counter() - tic:.0f} s)',
-                  flush=True)
-    add_ratios(rows)
-    paths = write_outputs(args, rows)
-    print(Path(paths['md']).read_text())
-    print('wrote', ', '.join(paths.values()))
+    try:
+        rows = run_detection_memory(
+            args.configs, img_size=args.img_size, batch_size=args.batch_size,
+            num_objects=args.num_objects, device=args.device, seed=args.seed,
+            work_dir=args.work_dir, cfg_options=args.cfg_options)
+    except ConfigError as error:
+        raise SystemExit(str(error)) from None
+    md = osp.join(args.work_dir, 'detection_memory.md')
+    with open(md, encoding='utf-8') as f:
+        print(f.read())
+    print('wrote', ', '.join([md, osp.join(args.work_dir, 'detection_memory.csv')]))
     return rows
 
 
