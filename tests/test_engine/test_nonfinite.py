@@ -1,6 +1,5 @@
 """A run whose loss becomes NaN or inf stops with one line (iteration, epoch,
 loss, where it first appeared) before a checkpoint of its weights is written."""
-import importlib.util
 import sys
 import uuid
 from pathlib import Path
@@ -155,15 +154,13 @@ def test_stop_false_keeps_mmengines_behaviour(tmp_path):
     assert (tmp_path / 'epoch_1.pth').exists()
 
 
-def test_train_tool_stops_with_one_line(tmp_path, monkeypatch):
+def test_train_tool_stops_with_one_line(tmp_path, monkeypatch, load_cli):
     """tools/train.py on the smoke config with a zero std: one line, exit status 1."""
     from mmdtl.testing import make_vtab_tree
     root = tmp_path / 'data'
     make_vtab_tree(str(root), task='digits', num_classes=10,
                    sizes=dict(train800=4, val200=2, test=2), image_size=32)
-    spec = importlib.util.spec_from_file_location('_nan_train', REPO / 'tools/train.py')
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = load_cli('tools/train.py')
     options = ['data_preprocessor.std=[0,0,0]']
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         options += [f'{loader}.dataset.data_root={root}', f'{loader}.batch_size=2',

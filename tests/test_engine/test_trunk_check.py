@@ -1,6 +1,5 @@
 """Weights that do not fit the frozen trunk are refused, wherever they come from,
 and training never starts on a trunk no checkpoint was loaded into."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -334,11 +333,9 @@ def test_train_tool_exits_nonzero_on_a_random_trunk(tmp_path, digits):
     assert not list(tmp_path.glob('epoch_*.pth'))
 
 
-def test_test_tool_exits_with_the_message(tmp_path, digits, monkeypatch):
+def test_test_tool_exits_with_the_message(tmp_path, digits, monkeypatch, load_cli):
     """tools/test.py CKPT with a checkpoint of another width (in-process main)."""
-    spec = importlib.util.spec_from_file_location('_b1_test', REPO / 'tools/test.py')
-    test = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(test)
+    test = load_cli('tools/test.py')
 
     demo = dict(embed_dims=64, num_layers=6, num_heads=4, feedforward_channels=128)
     wrong = trunk_state(dict(demo, embed_dims=32))

@@ -7,7 +7,6 @@ crops; the tool, trunk-check and memory-option tests shrink the trunk and the
 heads through config overrides only.
 """
 import copy
-import importlib.util
 import os
 import subprocess
 import sys
@@ -281,19 +280,7 @@ def test_config_takes_a_training_step(path, ade_root, tmp_path):
     assert runner.iter == 1
 
 
-def load_tools(monkeypatch):
-    """tools/train.py and tools/test.py as modules (to run their main())."""
-    modules = []
-    for name in ('train', 'test'):
-        spec = importlib.util.spec_from_file_location(f'_tool_{name}',
-                                                      REPO / 'tools' / f'{name}.py')
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        modules.append(module)
-    return modules
-
-
-def test_train_tool_then_test_tool(ade_root, tmp_path, monkeypatch):
+def test_train_tool_then_test_tool(ade_root, tmp_path, monkeypatch, load_cli):
     """tools/train.py in a subprocess (2 iterations, IoU evaluation after the
     second), then tools/test.py on its checkpoint with --show-dir."""
     cfg = Config.fromfile(str(VIT))
@@ -317,7 +304,7 @@ def test_train_tool_then_test_tool(ade_root, tmp_path, monkeypatch):
     for key, value in pretrained.items():
         assert torch.equal(state['backbone.' + key], value), key
 
-    _, test = load_tools(monkeypatch)
+    test = load_cli('tools/test.py')
     show_dir = tmp_path / 'show'
     monkeypatch.setattr(sys, 'argv', [
         'test.py', str(VIT), str(work_dir / 'iter_2.pth'), '--work-dir',

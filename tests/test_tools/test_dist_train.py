@@ -4,7 +4,6 @@ tools/dist_train.sh with two processes (torchrun, gloo on a CPU machine)
 against tools/train.py with one; the batch arithmetic and its errors; the
 arguments tools/slurm_train.sh gives srun.
 """
-import importlib.util
 import json
 import os
 import re
@@ -86,15 +85,8 @@ def test_two_processes_keep_the_global_batch(tmp_path):
     assert 'accuracy/top1' in out2  # distributed validation gathered the results
 
 
-def load_train_tool(monkeypatch):
-    spec = importlib.util.spec_from_file_location('_tool_train', REPO / 'tools' / 'train.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_global_batch_that_does_not_divide_is_an_error(tmp_path, monkeypatch):
-    train_tool = load_train_tool(monkeypatch)
+def test_global_batch_that_does_not_divide_is_an_error(tmp_path, monkeypatch, load_cli):
+    train_tool = load_cli('tools/train.py')
     config = tiny_config(tmp_path, global_batch_size=4)
     # As torchrun starts 3 processes: the error comes before any process group.
     monkeypatch.setenv('WORLD_SIZE', '3')

@@ -1,5 +1,4 @@
 """tools/train.py and tools/test.py end to end on the demo config (CPU, tiny)."""
-import importlib.util
 import os
 import re
 import subprocess
@@ -123,18 +122,6 @@ def test_train_resume_and_test(tmp_path, digits_root, frozen_init):
     assert 0 <= float(match.group(1)) <= 100
 
 
-def load_tools(monkeypatch):
-    """Import tools/train.py and tools/test.py in-process (no interpreter start-up)."""
-    modules = []
-    for name in ('train', 'test'):
-        path = REPO / 'tools' / f'{name}.py'
-        spec = importlib.util.spec_from_file_location(f'_tool_{name}', path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        modules.append(module)
-    return modules
-
-
 def run_main(tool, argv, monkeypatch):
     """Run a tool's main() expecting it to stop; return the exit message."""
     monkeypatch.setattr(sys, 'argv', [tool.__file__, *map(str, argv)])
@@ -144,8 +131,8 @@ def run_main(tool, argv, monkeypatch):
     return info.value.code
 
 
-def test_clear_errors(tmp_path, monkeypatch, capsys):
-    train, test = load_tools(monkeypatch)
+def test_clear_errors(tmp_path, monkeypatch, capsys, load_cli):
+    train, test = load_cli('tools/train.py'), load_cli('tools/test.py')
     msg = run_main(train, ['configs/dtl/no-such-config.py'], monkeypatch)
     assert msg == 'Config file not found: configs/dtl/no-such-config.py'
 
@@ -161,10 +148,11 @@ def test_clear_errors(tmp_path, monkeypatch, capsys):
     assert msg == f'Checkpoint not found: {tmp_path / "missing.pth"}'
 
 
-def test_backbone_that_does_not_reach_the_neck_stops_train_before_the_runner(monkeypatch):
+def test_backbone_that_does_not_reach_the_neck_stops_train_before_the_runner(monkeypatch,
+                                                                               load_cli):
     """A dense config whose backbone gives fewer maps than the neck reads
     stops with the keys to change, not mmdet's bare AssertionError."""
-    train, _ = load_tools(monkeypatch)
+    train = load_cli('tools/train.py')
     config = 'configs/dense-demo/retinanet_vit-demo_dtl+_scenes.py'
     msg = run_main(train, [config, '--cfg-options', 'model.backbone.out_type=cls_token'],
                    monkeypatch)
