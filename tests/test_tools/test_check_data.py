@@ -1,34 +1,36 @@
-"""tools/check_data.py on generated trees: clean ones pass, every problem has file and line."""
-import importlib.util
+"""tools/check_data.py (mmdtl.datasets.check_data) on generated trees: clean
+ones pass, every problem has file and line."""
 import os
 import os.path as osp
+import sys
 from pathlib import Path
 
 import pytest
 
+from mmdtl.datasets.check_data import SUITE_ALIASES, SUITES
+from mmdtl.suites.definitions import SUITES as RUN_SUITE_SUITES
 from mmdtl.testing import make_vtab_tree
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def load(path, name):
-    spec = importlib.util.spec_from_file_location(name, REPO / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# The tree writers live next to the dataset tests. Import those modules as
+# pytest does (a test folder without __init__.py is put on sys.path and its
+# files imported by base name), so each is imported once.
+sys.path.insert(0, str(REPO / 'tests' / 'test_datasets'))
+from test_domain_generalization import make_dg_tree  # noqa: E402
+from test_few_shot import make_few_shot_tree  # noqa: E402
 
 
-check_data = load('tools/check_data.py', 'check_data')
-# The tree writers live next to the dataset tests.
-make_few_shot_tree = load('tests/test_datasets/test_few_shot.py',
-                          'few_shot_trees').make_few_shot_tree
-make_dg_tree = load('tests/test_datasets/test_domain_generalization.py',
-                    'dg_trees').make_dg_tree
+@pytest.fixture
+def run(capsys, load_cli):
+    """``run(*argv)``: tools/check_data.py's exit code and printed output."""
+    cli = load_cli('tools/check_data.py')
 
-
-def run(capsys, *argv):
-    code = check_data.main([str(a) for a in argv])
-    return code, capsys.readouterr().out
+    def run_cli(*argv):
+        code = cli.main([str(a) for a in argv])
+        return code, capsys.readouterr().out
+    return run_cli
 
 
 @pytest.fixture
@@ -38,20 +40,20 @@ def vtab_root(tmp_path):
     return tmp_path
 
 
-def test_clean_vtab_tree(capsys, vtab_root):
-    code, out = run(capsys, 'vtab', '--data-root', vtab_root, '--names', 'cifar', 'dtd')
+def test_clean_vtab_tree(run, vtab_root):
+    code, out = run('vtab', '--data-root', vtab_root, '--names', 'cifar', 'dtd')
     assert code == 0, out
     assert 'cifar/train800val200.txt: 12 images, 8 classes' in out
     assert 'no problems (36 images listed)' in out
 
 
-def test_vtab_missing_image_bad_label_unreadable(capsys, vtab_root):
+def test_vtab_missing_image_bad_label_unreadable(run, vtab_root):
     task_dir = vtab_root / 'cifar'
     os.remove(task_dir / 'images/test/000002.png')
     with open(task_dir / 'test.txt', 'a') as f:
         f.write('images/test/000000.png 100\n')
     (task_dir / 'images/val200/000001.png').write_bytes(b'not a png')
-    code, out = run(capsys, 'vtab', '--data-root', vtab_root, '--names', 'cifar',
+    code, out = run('vtab', '--data-root', vtab_root, '--names', 'cifar',
                     '--workers', 2)
     assert code == 1
     test_txt = osp.join(task_dir, 'test.txt')
@@ -64,11 +66,11 @@ def test_vtab_missing_image_bad_label_unreadable(capsys, vtab_root):
     assert '3 problem(s)' in out
 
 
-def test_vtab_missing_split_and_inconsistent_union(capsys, vtab_root):
+def test_vtab_missing_split_and_inconsistent_union(run, vtab_root):
     os.remove(vtab_root / 'dtd' / 'val200.txt')
     with open(vtab_root / 'cifar' / 'train800val200.txt', 'a') as f:
         f.write('images/test/000000.png 0\n')
-    code, out = run(capsys, 'vtab', '--data-root', vtab_root, '--names', 'cifar', 'dtd',
+    code, out = run('vtab', '--data-root', vtab_root, '--names', 'cifar', 'dtd',
                     'svhn', '--no-verify')
     assert code == 1
     assert f'split file {vtab_root}/dtd/val200.txt does not exist' in out
@@ -77,13 +79,13 @@ def test_vtab_missing_split_and_inconsistent_union(capsys, vtab_root):
     assert f'task folder {vtab_root}/svhn does not exist' in out
 
 
-def test_few_shot(capsys, tmp_path):
+def test_few_shot(run, tmp_path):
     ann_dir = make_few_shot_tree(str(tmp_path), name='oxford-pets', shots=(1, 2), seeds=(0, ),
                                  image_size=4)
     argv = ['few-shot', '--data-root', tmp_path, '--names', 'oxford-pets-FS', '--seeds', 0]
-    code, out = run(capsys, *argv, '--shots', 1, 2)
+    code, out = run(*argv, '--shots', 1, 2)
     assert code == 0, out
-    code, out = run(capsys, *argv, '--shots', 1, 4)
+    code, out = run(*argv, '--shots', 1, 4)
     assert code == 1 and 'num_shot_4.seed_0 does not exist' in out
     # one class short in the 2-shot list
     path = osp.join(ann_dir, 'train_meta.list.num_shot_2.seed_0')
@@ -91,26 +93,26 @@ def test_few_shot(capsys, tmp_path):
         lines = f.readlines()
     with open(path, 'w') as f:
         f.writelines(lines[1:])
-    code, out = run(capsys, *argv, '--shots', 2, '--no-verify')
+    code, out = run(*argv, '--shots', 2, '--no-verify')
     assert code == 1
     assert f'{path} should list 2 images of each of the 37 classes; class 0: 1.' in out
 
 
-def test_domain_generalization(capsys, tmp_path):
+def test_domain_generalization(run, tmp_path):
     make_dg_tree(str(tmp_path), seeds=(0, ), image_size=4)
-    code, out = run(capsys, 'dg', '--data-root', tmp_path, '--names', 'imagenetv2',
+    code, out = run('dg', '--data-root', tmp_path, '--names', 'imagenetv2',
                     'imagenet-a', 'imagenet-r')
     assert code == 0, out
     assert 'imagenet-adversarial covers 2 of the 1000 classes' in out
     # the tiny tree has 2 training images for 4 classes, not 16 for 1000
-    code, out = run(capsys, 'domain-generalization', '--data-root', tmp_path, '--names',
+    code, out = run('domain-generalization', '--data-root', tmp_path, '--names',
                     'imagenet', '--seeds', 0)
     assert code == 1
     assert 'train_meta.list.num_shot_16.seed_0 should list 16 images of each of the 1000 ' \
         'classes; class 0: 2, class 1: 2' in out
 
 
-def test_truncated_jpeg_is_reported(capsys, vtab_root):
+def test_truncated_jpeg_is_reported(run, vtab_root):
     """PIL's verify() passes a truncated JPEG; the check must decode it whole."""
     import numpy as np
     from PIL import Image
@@ -119,15 +121,14 @@ def test_truncated_jpeg_is_reported(capsys, vtab_root):
     pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(jpeg, format='JPEG')
     jpeg.write_bytes(jpeg.read_bytes()[:-400])
-    code, out = run(capsys, 'vtab', '--data-root', vtab_root, '--names', 'cifar')
+    code, out = run('vtab', '--data-root', vtab_root, '--names', 'cifar')
     assert code == 1, out
     assert f'image {task_dir}/images/test/000001.png cannot be read' in out
     assert 'truncated' in out
 
 
-def test_suite_aliases_of_run_suite_are_accepted(capsys, vtab_root):
-    run_suite = load('tools/run_suite.py', 'run_suite_for_aliases')
-    for suite, (kind, _) in run_suite.SUITES.items():
+def test_suite_aliases_of_run_suite_are_accepted():
+    for suite, (kind, _) in RUN_SUITE_SUITES.items():
         if kind not in ('vtab', 'few-shot', 'dg'):
             continue  # e.g. the demo's miniature suite has its own data tool
-        assert suite in check_data.SUITES or suite in check_data.SUITE_ALIASES, suite
+        assert suite in SUITES or suite in SUITE_ALIASES, suite
