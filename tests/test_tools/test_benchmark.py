@@ -1,10 +1,12 @@
-"""tools/analysis/benchmark.py runs end to end and writes its table and plot."""
+"""tools/analysis/benchmark.py runs end to end and writes its table and plot;
+mmdtl.analysis.benchmark, which it calls, from Python."""
 import csv
-import importlib.util
 import subprocess
 import sys
 
 import pytest
+
+from mmdtl.analysis import benchmark as bench
 
 
 def test_benchmark_tool_tiny(tmp_path, repo_root):
@@ -38,7 +40,6 @@ def test_benchmark_tool_tiny(tmp_path, repo_root):
     assert all(0. <= float(r['others_cpu']) <= 1. for r in rows.values())
     # Every figure names the machine and the torch that measured it.
     import torch
-    bench = load_benchmark(repo_root)
     machine = bench.machine_info('cpu')
     # the CPU model and logical CPUs; torch's thread count may differ from the
     # test process's (pytest runs may set it)
@@ -51,14 +52,13 @@ def test_benchmark_tool_tiny(tmp_path, repo_root):
     assert ' torch threads, ' in md and f', torch {torch.__version__}.' in md
 
 
-def test_others_load_counts_another_process(repo_root):
+def test_others_load_counts_another_process():
     """A second process spinning on a CPU shows up in ``others_cpu``; this
     process's own work does not."""
     import os
     import time
     if not os.path.isfile('/proc/stat'):
         pytest.skip('no /proc/stat')
-    bench = load_benchmark(repo_root)
     load = bench.OthersLoad()
     tic = time.perf_counter()
     while time.perf_counter() - tic < 0.5:  # our own busy loop
@@ -77,13 +77,12 @@ def test_others_load_counts_another_process(repo_root):
     assert other > own and other >= 0.5 / os.cpu_count()
 
 
-def test_least_disturbed_times_again_on_a_busy_machine(repo_root):
+def test_least_disturbed_times_again_on_a_busy_machine():
     import argparse
     import os
     import time
     if not os.path.isfile('/proc/stat'):
         pytest.skip('no /proc/stat')
-    bench = load_benchmark(repo_root)
     calls = []
 
     def measure():
@@ -107,12 +106,12 @@ def test_least_disturbed_times_again_on_a_busy_machine(repo_root):
     assert len(calls) == 5 and value in (3, 4, 5) and others > 0
 
 
-def test_machine_names_the_cpu_model(repo_root):
+def test_machine_names_the_cpu_model():
     import os
     import platform
 
     import torch
-    name = load_benchmark(repo_root).cpu_name()
+    name = bench.cpu_name()
     if os.path.isfile('/proc/cpuinfo'):
         models = [line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
                   if line.startswith('model name')]
@@ -123,16 +122,7 @@ def test_machine_names_the_cpu_model(repo_root):
     assert f'{os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads' in name
 
 
-def load_benchmark(repo_root):
-    spec = importlib.util.spec_from_file_location(
-        'mmdtl_benchmark', repo_root / 'tools' / 'analysis' / 'benchmark.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_every_zoo_arch_with_its_scaled_recipe(repo_root):
-    bench = load_benchmark(repo_root)
+def test_every_zoo_arch_with_its_scaled_recipe():
     names = bench.arch_names()
     for name in ('vit-s', 'vit-b', 'vit-l', 'vit-h', 'vit-eva-g', 'vit-dinov2-g',
                  'vit-deit-t', 'vit-dinov2-small', 'swin-t', 'swin-s', 'swin-b', 'swin-large'):
@@ -158,7 +148,6 @@ def test_benchmark_takes_a_config(tmp_path, repo_root):
         "    arch=dict(embed_dims=32, num_layers=4, num_heads=2, feedforward_channels=64),\n"
         "    csn=dict(type='CompactSideNetwork', rank=3, start=1, dwconv_kernel=5),\n"
         "    init_cfg=dict(type='Pretrained', checkpoint='missing.pth')))\n")
-    bench = load_benchmark(repo_root)
     backbone, recipe = bench.config_entry(str(config))
     assert backbone['type'] == 'VisionTransformer' and 'init_cfg' not in backbone
     assert recipe == dict(rank=3, taps=None, start=1, kernel=5)
@@ -176,3 +165,37 @@ def test_benchmark_takes_a_config(tmp_path, repo_root):
     assert float(rows['dtl+_half']['tensor_peak_mb']) < float(rows['dtl+']['tensor_peak_mb'])
     assert '# Fine-tuning memory and speed: tiny_dtl, 32px' in \
         (tmp_path / 'benchmark.md').read_text()
+
+
+def test_benchmark_config_from_python(tmp_path):
+    """The Python entry: a config's methods measured in this process, the
+    rows named by the machine, and the tool's files when asked for."""
+    config = tmp_path / 'tiny_dtl.py'
+    config.write_text(
+        "model = dict(type='ImageClassifier', backbone=dict(\n"
+        "    type='DTLViT', img_size=32, patch_size=8,\n"
+        "    arch=dict(embed_dims=32, num_layers=4, num_heads=2, feedforward_channels=64),\n"
+        "    csn=dict(type='CompactSideNetwork', rank=3, start=1, dwconv_kernel=5)))\n")
+    logged = []
+    rows = bench.benchmark_config(config, methods=['full', 'dtl+'], batch_size=2, img_size=32,
+                                  device='cpu', warmup=0, repeats=1, isolated=False,
+                                  work_dir=tmp_path / 'out', log=logged.append)
+    assert [r['method'] for r in rows] == ['full', 'dtl+']
+    assert set(rows[0]) == set(bench.COLUMNS + bench.MACHINE_COLUMNS)
+    assert rows[1]['trainable_backbone'] == 4 * 2 * 3 * 32 + 25 * 32
+    assert rows[0]['activation_vs_full'] == 1.0 > rows[1]['activation_vs_full'] > 0
+    assert rows[0]['device_name'] == bench.machine_info('cpu')['device_name']
+    assert logged[0] == f'[1/2] {config} full ...'
+    md = (tmp_path / 'out' / 'benchmark.md').read_text()
+    assert md.startswith('# Fine-tuning memory and speed: tiny_dtl, 32px, batch 2, cpu, fp32\n')
+    assert md.count('\n| ') == 3  # the header and one row per method
+    csv_rows = list(csv.DictReader(open(tmp_path / 'out' / 'benchmark.csv')))
+    assert [r['method'] for r in csv_rows] == ['full', 'dtl+']
+    with pytest.raises(ValueError, match="unknown methods \\['dtl\\+\\+'\\]"):
+        bench.benchmark_config(config, methods=['dtl++'])
+    with pytest.raises(ValueError, match='--batch-size and --repeats must be >= 1'):
+        bench.benchmark_config(config, batch_size=0)
+    with pytest.raises(TypeError, match="unknown options \\['batch'\\]"):
+        bench.benchmark_config(config, batch=2)
+    with pytest.raises(FileNotFoundError, match='missing.py does not exist'):
+        bench.benchmark_config(tmp_path / 'missing.py')

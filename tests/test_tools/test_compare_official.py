@@ -1,24 +1,12 @@
 """tools/analysis/compare_official.py: its options are benchmark.py's, and its mmdtl half
 runs end to end on a tiny arch (the released half needs a checkout of heekhero/DTL)."""
 import csv
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        '_compare_official', REPO / 'tools/analysis/compare_official.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_mmdtl_half_on_a_tiny_arch(tmp_path, capsys):
-    tool = load_tool()
+def test_mmdtl_half_on_a_tiny_arch(tmp_path, load_cli):
+    tool = load_cli('tools/analysis/compare_official.py')
     # It used to build its own Namespace for benchmark.profile and crash on the
     # options it lacked (cpu_bf16, epoch_batches): every profile option is shared.
     args = tool.parse_args(['--mmdtl-only', '--cpu-bf16', '--epoch-batches', '3'])

@@ -1,11 +1,11 @@
 """The memory estimator: exact counts on hand-made steps, for real and on
 fake tensors, and tools/analysis/memory_scaling.py end to end."""
 import csv
-import importlib.util
 import re
 
 import torch
 
+from mmdtl.analysis.benchmark import build_model
 from mmdtl.utils.memory import (
     StorageMemoryTracker,
     cpu_step_peak_bytes,
@@ -67,16 +67,8 @@ def test_step_peak_counts_the_gradients_the_step_frees():
         assert measure(step, state + [x]) >= 2 * 1_000_000
 
 
-def load_tool(repo_root, name):
-    spec = importlib.util.spec_from_file_location(
-        f'mmdtl_{name}', repo_root / 'tools' / 'analysis' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_memory_scaling_tool(tmp_path, repo_root, capsys):
-    tool = load_tool(repo_root, 'memory_scaling')
+def test_memory_scaling_tool(tmp_path, load_cli, capsys):
+    tool = load_cli('tools/analysis/memory_scaling.py')
     # Peaks as benchmark.py writes them (e.g. max_memory_allocated on a GPU).
     measured = tmp_path / 'benchmark.csv'
     measured.write_text('method,peak_mb\nfull,2.0\ndtl+,0.5\n')
@@ -92,7 +84,7 @@ def test_memory_scaling_tool(tmp_path, repo_root, capsys):
             for r in csv.DictReader(open(tmp_path / 'memory_scaling.csv'))}
     full, dtl, half, ckpt = (rows[m] for m in ('full', 'dtl+', 'dtl+_half', 'dtl+ckpt_half'))
     mb = 2**20
-    model = load_tool(repo_root, 'benchmark').build_model('vit-tiny-test', 'full', 100, 32)
+    model = build_model('vit-tiny-test', 'full', 100, 32)
     params = list(model.parameters())
     # Full fine-tuning in fp32: every parameter has a gradient and two AdamW
     # moments, plus a 4-byte step count per tensor.

@@ -2,20 +2,11 @@
 on the checkpointed methods, and the CPU kernels' scratch memory, which the
 estimate leaves out, is measured apart."""
 import csv
-import importlib.util
 
 import pytest
 import torch
 
 from mmdtl.utils.memory import cpu_step_peaks, tracked_step_peak_bytes
-
-
-def load_tool(repo_root, name):
-    spec = importlib.util.spec_from_file_location(
-        f'mmdtl_{name}', repo_root / 'tools' / 'analysis' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_cpu_peaks_tell_kernel_scratch_from_tensors():
@@ -37,10 +28,10 @@ def test_cpu_peaks_tell_kernel_scratch_from_tensors():
 
 @pytest.mark.parametrize('methods', [['full', 'dtl+ckpt', 'dtl+ckpt_half', 'dtl+ckpt+rp_half',
                                       'dtl+ckpt+rp+rs_half']])
-def test_validation_is_within_one_percent_on_checkpointed_methods(tmp_path, repo_root, capsys,
+def test_validation_is_within_one_percent_on_checkpointed_methods(tmp_path, load_cli, capsys,
                                                                   methods):
-    tool = load_tool(repo_root, 'memory_scaling')
-    assert tool.parse_args([])[0].tolerance == 0.01
+    tool = load_cli('tools/analysis/memory_scaling.py')
+    assert tool.parse_args([]).tolerance == 0.01
     # The tool exits (SystemExit) when an error exceeds its 1 % tolerance.
     tool.main(['--archs', 'vit-tiny-test', '--methods', 'dtl+', '--batch-size', '2',
                '--img-size', '32', '--validate', 'vit-tiny-test',
@@ -61,8 +52,8 @@ def test_validation_is_within_one_percent_on_checkpointed_methods(tmp_path, repo
     assert 'kernel scratch' in capsys.readouterr().out
 
 
-def test_time_interleaves_real_steps(tmp_path, repo_root, capsys):
-    tool = load_tool(repo_root, 'memory_scaling')
+def test_time_interleaves_real_steps(tmp_path, load_cli, capsys):
+    tool = load_cli('tools/analysis/memory_scaling.py')
     tool.main(['--archs', 'vit-tiny-test', '--methods', 'dtl+', '--batch-size', '2',
                '--img-size', '32', '--validate', '--time', 'dtl+ckpt_half',
                'dtl+ckpt+rp+rs_half', '--time-arch', 'vit-tiny-test', '--time-batch-size', '2',

@@ -21,15 +21,16 @@ same inputs it measures:
 - training step time (forward + backward + AdamW step) and inference
   throughput: medians of repeated runs after warm-up; ``others_cpu``, the
   share of the machine's CPU time other processes used while the step was
-  timed (Linux; a busy machine slows the step, see :class:`OthersLoad`;
-  ``--max-others`` times again until the machine was quiet enough);
+  timed (Linux; a busy machine slows the step, see
+  :class:`mmdtl.analysis.benchmark.OthersLoad`; ``--max-others`` times again
+  until the machine was quiet enough);
 - with ``--epoch-batches N``, the time of two passes over N new batches, as
   epochs 1 and 2 of training: the prefix cache fills during the first.
 
 The backbone is ``--arch`` (``vit-<arch>`` or ``swin-<arch>`` for every arch
 of mmpretrain's ``VisionTransformer``/``SwinTransformer`` zoo, with the DTL
-recipe scaled to its depth, see :func:`arch_entry`) or the ``model.backbone``
-and side network of a config file. The ``*_half`` methods store the frozen
+recipe scaled to its depth, see :func:`mmdtl.analysis.benchmark.arch_entry`)
+or the ``model.backbone`` and side network of a config file. The ``*_half`` methods store the frozen
 weights in the AMP dtype (``frozen_weights_dtype``: fp16 on a GPU, bf16 with
 ``--cpu-bf16``). ``dtl+ckpt+rp_half`` also recomputes the frozen prefix's CSN
 tap inputs in backward instead of keeping them (``recompute_prefix_taps``,
@@ -40,7 +41,9 @@ trainable parameters, one marker per method, as in the paper's Figure 1)
 under ``--work-dir``; the table and every CSV row name the machine (CPU model
 and threads, or GPU) and the PyTorch version that measured them, since step
 times (packing's gain above all) depend on both. ``tools/analysis/memory_scaling.py`` estimates the
-memory of the same steps for backbones too large to run.
+memory of the same steps for backbones too large to run. The models, steps
+and measurements live in :mod:`mmdtl.analysis.benchmark` (from Python:
+``benchmark_config``); this script maps the command line onto them.
 
 Example::
 
@@ -49,506 +52,20 @@ Example::
     python tools/analysis/benchmark.py configs/dtl/vit-b_vtab-cifar.py --methods full dtl+
 """
 import argparse
-import csv
 import json
 import os
-import platform
-import resource
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import torch
-
-from mmdtl.models.dtl import HALF_SUFFIX, DTLOptions, preset_names, preset_options
-
-ARCHS = {
-    # name: (backbone cfg, embed dims, DTL csn cfg of the released recipe)
-    'vit-b': (dict(type='VisionTransformer', arch='b', img_size=224, patch_size=16),
-              dict(rank=2, taps=list(range(12)), start=6, kernel=3)),
-    'swin-b': (dict(type='SwinTransformer', arch='base', img_size=224),
-               dict(rank=4, taps=list(range(4, 24)), start=14, kernel=5)),
-    # A tiny arch for tests and quick checks.
-    'vit-tiny-test': (dict(type='VisionTransformer', img_size=32, patch_size=8,
-                           arch=dict(embed_dims=32, num_layers=4, num_heads=2,
-                                     feedforward_channels=64)),
-                      dict(rank=2, taps=list(range(4)), start=2, kernel=3)),
-}
-# The baselines; every DTL method is a preset of mmdtl.models.dtl.PRESETS.
-BASELINES = ['full', 'linear', 'lora']
-# The default run.
-METHODS = BASELINES + ['dtl', 'dtl+', 'dtl+ckpt', 'dtl+cache', 'dtl+packed', 'dtl+cache+packed']
-# Frozen weights stored in the AMP dtype (not in the default list).
-HALF_METHODS = [name for name in preset_names() if name.endswith(HALF_SUFFIX)]
-ALL_METHODS = BASELINES + preset_names()
-# Backbone options that only DTL backbones have: dropped to build the parent.
-_DTL_ONLY = ('csn', *DTLOptions.names(), 'init_cfg')
-# --arch prefix of each mmpretrain parent; LoRA targets where not qkv.
-KINDS = {'VisionTransformer': 'vit', 'SwinTransformer': 'swin', 'DeiT3': 'deit3',
-         'BEiTViT': 'beit', 'ConvNeXt': 'convnext', 'ViTEVA02': 'eva02'}
-# BEiT: None, mmpretrain's LoRAModel cannot wrap its qkv (the attention reads
-# qkv.weight directly).
-LORA_TARGETS = {'ConvNeXt': [dict(type='pointwise_conv1'), dict(type='pointwise_conv2')],
-                'BEiTViT': None}
-COLUMNS = ['method', 'trainable_backbone', 'trainable_total', 'activation_mb',
-           'activation_vs_full', 'peak_mb', 'peak_kind', 'tensor_peak_mb', 'step_ms',
-           'step_vs_full', 'others_cpu', 'epoch1_s', 'epoch2_s', 'epoch_others_cpu',
-           'infer_img_s']
-# What measured a row: in every CSV row, once above the markdown table.
-MACHINE_COLUMNS = ['device_name', 'torch_version']
-
-
-def _zoos() -> dict:
-    from mmpretrain.models import backbones
-    return {kind: getattr(getattr(backbones, parent), 'arch_zoo', None)
-            or getattr(backbones, parent).arch_settings for parent, kind in KINDS.items()}
-
-
-def arch_names() -> list:
-    """Every ``--arch``: the entries of :data:`ARCHS` and ``<kind>-<name>``
-    for each arch name (aliases included) of the zoos of :data:`KINDS`."""
-    return sorted(set(ARCHS) | {f'{kind}-{name}' for kind, zoo in _zoos().items()
-                                for name in zoo})
-
-
-def arch_entry(arch: str) -> tuple:
-    """(backbone cfg, DTL recipe) of an ``--arch``.
-
-    Zoo archs get the released recipes scaled to their depth. Plain ViTs
-    (ViT, DeiT3, BEiT): rank 2, taps at every block, ``M`` = half the depth,
-    3x3 DWConv (ViT-B: the released ``M=6``); patch size 14 for the archs
-    pre-trained that way (ViT-H, EVA-g, DINOv2), else 16. Hierarchical trunks
-    (Swin, ConvNeXt): the Swin-B recipe, rank 4, taps from the third stage on,
-    ``M`` 5/9 into it, 5x5 DWConv (Swin-B: the released taps 4-23, ``M=14``).
-    """
-    if arch in ARCHS:
-        return ARCHS[arch]
-    kind, _, name = arch.partition('-')
-    zoo = _zoos().get(kind, {})
-    if name not in zoo:
-        raise ValueError(f'--arch {arch!r} is not known; choose from {arch_names()}')
-    settings = zoo[name]
-    parent = {k: p for p, k in KINDS.items()}[kind]
-    if 'depths' not in settings:
-        depth = settings['num_layers']
-        patch = 14 if settings['embed_dims'] in (1280, 1408, 1536) or 'dinov2' in name else 16
-        return (dict(type=parent, arch=name, img_size=224, patch_size=patch),
-                dict(rank=2, taps=list(range(depth)), start=depth // 2, kernel=3))
-    first = sum(settings['depths'][:2])
-    third = settings['depths'][2]
-    backbone = dict(type=parent, arch=name)
-    if parent == 'SwinTransformer':
-        backbone['img_size'] = 224
-    return (backbone, dict(rank=4, taps=list(range(first, sum(settings['depths']))),
-                           start=first + round(third * 5 / 9), kernel=5))
-
-
-def config_entry(path: str) -> tuple:
-    """(backbone cfg, DTL recipe) of a config file's ``model.backbone``: its
-    parent backbone and, for a DTL backbone, its side network's recipe (else
-    the recipe of the matching ``--arch``). Checkpoints are not loaded:
-    memory and speed do not depend on weight values."""
-    from mmengine.config import Config
-
-    from mmdtl.models.backbones import DTL_PARENTS
-
-    cfg = Config.fromfile(path)
-    backbone = cfg.get('model', {}).get('backbone')
-    if backbone is None:
-        raise ValueError(f'{path}: no model.backbone in this config')
-    backbone = backbone.to_dict()
-    kind = backbone['type'].split('.')[-1]
-    if kind not in (*DTL_PARENTS, *DTL_PARENTS.values()):
-        raise ValueError(f'{path}: model.backbone.type={backbone["type"]!r}; the benchmark '
-                         f'needs a DTL backbone or its parent, one of '
-                         f'{sorted({*DTL_PARENTS, *DTL_PARENTS.values()})}')
-    csn = backbone.get('csn') or {}
-    parent = dict(type=DTL_PARENTS.get(kind, kind),
-                  **{k: v for k, v in backbone.items() if k not in (*_DTL_ONLY, 'type')})
-    if csn:
-        recipe = dict(rank=csn.get('rank', 2), taps=csn.get('taps'),
-                      start=csn.get('start', 6), kernel=csn.get('dwconv_kernel', 3))
-    else:
-        default_arch = 'tiny' if parent['type'] == 'ConvNeXt' else 'base'
-        recipe = arch_entry(f'{KINDS[parent["type"]]}-{parent.get("arch", default_arch)}')[1]
-    return parent, recipe
-
-
-class Classifier(torch.nn.Module):
-    """Backbone + (Swin: global average pooling) + linear head."""
-
-    def __init__(self, backbone: torch.nn.Module, num_classes: int, img_size: int):
-        super().__init__()
-        self.backbone = backbone
-        with torch.no_grad():
-            dims = self.features(torch.zeros(1, 3, img_size, img_size)).shape[-1]
-        self.head = torch.nn.Linear(dims, num_classes)
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        feat = self.backbone(images)[-1]
-        return feat.mean(dim=(2, 3)) if feat.dim() == 4 else feat
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))
-
-
-def build_model(arch, method: str, num_classes: int, img_size: int,
-                half_dtype: str = 'bfloat16') -> Classifier:
-    """``arch``: an ``--arch`` name or a (backbone cfg, recipe) pair;
-    ``half_dtype``: the storage dtype of the ``*_half`` methods."""
-    from mmpretrain.registry import MODELS
-
-    from mmdtl.models.backbones import DTL_PARENTS
-
-    backbone, recipe = arch_entry(arch) if isinstance(arch, str) else arch
-    backbone = dict(backbone)
-    parent = backbone['type']
-    if parent == 'VisionTransformer':  # the released head: pooled patch tokens
-        backbone.update(out_type='avg_featmap', final_norm=False)
-    if method == 'lora':
-        targets = LORA_TARGETS.get(parent, [dict(type='qkv')])
-        if targets is None:
-            raise ValueError(f'lora: mmpretrain\'s LoRAModel cannot wrap {parent}; leave '
-                             f'lora out of --methods')
-        backbone = dict(type='LoRAModel', module=backbone, rank=8, alpha=8, targets=targets)
-    elif method not in BASELINES:
-        dwconv, options = preset_options(method, half_dtype)
-        backbone.update(options)
-        backbone['type'] = {p: d for d, p in DTL_PARENTS.items()}[parent]
-        backbone['csn'] = dict(
-            type='CompactSideNetwork', rank=recipe['rank'], taps=recipe['taps'],
-            start=recipe['start'], dwconv_kernel=recipe['kernel'] if dwconv else 0)
-        if DTLOptions(**options).needs_deterministic_prefix:
-            # A cached or recomputed prefix must be deterministic (Swin's
-            # default drop path is 0.1). Warm cache: the first
-            # (activation-measuring) step fills it.
-            backbone['drop_path_rate'] = 0.
-    backbone = MODELS.build(backbone)
-    if method == 'linear':
-        backbone.requires_grad_(False)
-    return Classifier(backbone, num_classes, img_size)
-
-
-def measure(args, method: str) -> dict:
-    """All figures of one method, measured in this process."""
-    torch.manual_seed(0)
-    half_dtype = 'float16' if args.device.startswith('cuda') and args.amp else 'bfloat16'
-    model = build_model(resolve_arch(args), method, args.num_classes, args.img_size, half_dtype)
-    return dict(method=method, **profile(model, model.backbone.parameters(), args))
-
-
-def resolve_arch(args) -> tuple:
-    """(backbone cfg, recipe) of ``args``: the config file's, else ``--arch``'s."""
-    return config_entry(args.config) if getattr(args, 'config', None) else arch_entry(args.arch)
-
-
-def make_train_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                    amp: bool, foreach=None) -> tuple:
-    """``(loss_fn, train_step, optimizer)`` of the benchmarked step: AMP
-    (fp16 on a GPU, bf16 on CPU) when ``amp``, cross-entropy, backward,
-    AdamW on the trainable parameters (``foreach`` as ``torch.optim.AdamW``:
-    by default multi-tensor on a GPU, per tensor on CPU)."""
-    device_type = images.device.type
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4, foreach=foreach)
-    amp_dtype = torch.float16 if device_type == 'cuda' else torch.bfloat16
-
-    def loss_fn(images=images, labels=labels):
-        with torch.autocast(device_type, enabled=amp, dtype=amp_dtype):
-            return torch.nn.functional.cross_entropy(model(images), labels)
-
-    # Loss scaling is for fp16 gradients only.
-    scaler = torch.amp.GradScaler(device_type, enabled=amp and amp_dtype == torch.float16)
-
-    def train_step(images=images, labels=labels):
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss_fn(images, labels)).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-    return loss_fn, train_step, optimizer
-
-
-def profile(model: torch.nn.Module, backbone_params, args) -> dict:
-    """Trainable parameters, activation bytes, peak memory, step time and
-    inference throughput of ``model`` (images -> logits) on ``args``'s
-    batch; ``backbone_params`` are the parameters counted as backbone."""
-    from mmdtl.utils import median_seconds, saved_activation_bytes, synchronize
-
-    device = torch.device(args.device)
-    model = model.to(device).train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
-    labels = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
-    amp = args.amp and device.type == 'cuda' or \
-        getattr(args, 'cpu_bf16', False) and device.type == 'cpu'
-    amp_dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
-    loss_fn, train_step, optimizer = make_train_step(model, images, labels, amp)
-
-    def timed(fn) -> float:
-        return median_seconds(fn, device, args.warmup, args.repeats)
-
-    result = dict()
-    result['trainable_backbone'] = sum(p.numel() for p in backbone_params if p.requires_grad)
-    result['trainable_total'] = sum(p.numel() for p in trainable)
-    result['activation_mb'] = saved_activation_bytes(model, loss_fn) / 2**20
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats()
-    step_s, result['others_cpu'] = least_disturbed(lambda: timed(train_step), args)
-    result['step_ms'] = 1000 * step_s
-    if device.type == 'cuda':
-        result['peak_mb'] = result['tensor_peak_mb'] = torch.cuda.max_memory_allocated() / 2**20
-        result['peak_kind'] = 'cuda max allocated'
-    else:
-        result['peak_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        result['peak_kind'] = 'process peak RSS'
-        result['tensor_peak_mb'] = cpu_tensor_peak_bytes(model, optimizer, train_step,
-                                                         [images, labels]) / 2**20
-    result['epoch1_s'] = result['epoch2_s'] = result['epoch_others_cpu'] = None
-    if args.epoch_batches:
-        def two_epochs() -> tuple:
-            # Two passes over the same new batches: a prefix cache fills during
-            # the first and serves the second, as epochs 1 and 2 of training.
-            epoch = [(torch.randn_like(images), torch.randint_like(labels, args.num_classes))
-                     for _ in range(args.epoch_batches)]
-            seconds = []
-            for _ in range(2):
-                synchronize(device)
-                tic = time.perf_counter()
-                for batch in epoch:
-                    train_step(*batch)
-                synchronize(device)
-                seconds.append(time.perf_counter() - tic)
-            return tuple(seconds)
-
-        (result['epoch1_s'], result['epoch2_s']), result['epoch_others_cpu'] = \
-            least_disturbed(two_epochs, args)
-
-    model.eval()
-    with torch.no_grad(), torch.autocast(device.type, enabled=amp, dtype=amp_dtype):
-        result['infer_img_s'] = args.batch_size / timed(lambda: model(images))
-    return result
-
-
-def least_disturbed(measure, args) -> tuple:
-    """``(measure(), others_cpu)``; with ``args.max_others`` set, measured
-    again (after ``args.quiet_wait`` s) while other processes used more than
-    that share of the CPUs, at most ``args.quiet_retries`` more times, and
-    the least disturbed measurement kept."""
-    best = None
-    retries = args.quiet_retries if args.max_others is not None else 0
-    for attempt in range(1 + retries):
-        if attempt:
-            time.sleep(args.quiet_wait)
-        load = OthersLoad()
-        value = measure()
-        others = load.fraction()
-        if best is None or (others is not None and others < best[1]):
-            best = (value, others)
-        if others is None or args.max_others is None or others <= args.max_others:
-            break
-    return best
-
-
-def cpu_tensor_peak_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                          train_step, inputs: list) -> int:
-    """Peak tensor bytes of one more ``train_step`` on CPU, counting what
-    lives across steps: parameters, buffers, the last step's gradients (the
-    step frees them), optimizer state, the inputs, features in a prefix cache
-    and packed frozen weights."""
-    from mmdtl.utils.memory import cpu_step_peak_bytes, training_state
-
-    live = training_state(model, optimizer) + list(inputs)
-    held = 0  # stores outside the parameters
-    for module in model.modules():
-        for store in (getattr(module, 'prefix_cache', None),
-                      getattr(module, 'frozen_linear_packs', None)):
-            held += store.nbytes if store is not None else 0
-    return cpu_step_peak_bytes(train_step, live) + held
-
-
-def run_isolated(args, method: str) -> dict:
-    """Run one method in a fresh process so CPU peak RSS is its own."""
-    cmd = [sys.executable, os.path.abspath(__file__), '--single', method,
-           *([args.config] if args.config else []), '--arch', args.arch,
-           '--batch-size', str(args.batch_size),
-           '--img-size', str(args.img_size), '--num-classes', str(args.num_classes),
-           '--device', args.device, '--warmup', str(args.warmup),
-           '--repeats', str(args.repeats), '--epoch-batches', str(args.epoch_batches),
-           '--quiet-retries', str(args.quiet_retries), '--quiet-wait', str(args.quiet_wait)]
-    cmd += ['--max-others', str(args.max_others)] if args.max_others is not None else []
-    cmd += (['--no-amp'] if not args.amp else []) + (['--cpu-bf16'] if args.cpu_bf16 else [])
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f'benchmark of {method!r} failed:\n{out.stderr[-3000:]}')
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-class OthersLoad:
-    """The share of the machine's CPU time that other processes (and the
-    hypervisor: steal) used from construction to :meth:`fraction`, from
-    ``/proc/stat`` and this process's own CPU time. Near 0 on an idle
-    machine; a step time measured while it is high is slower than the
-    machine's (on a 2-core machine 0.1 can cost 20 %: threads wait for each
-    other). None where ``/proc/stat`` cannot be read."""
-
-    def __init__(self):
-        self.start = self._sample()
-
-    @staticmethod
-    def _sample():
-        try:
-            with open('/proc/stat') as f:
-                fields = [int(v) for v in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        # user nice system idle iowait irq softirq steal (guest is in user)
-        busy = sum(fields[:3]) + sum(fields[5:8])
-        times = os.times()
-        return (busy / os.sysconf('SC_CLK_TCK'), times.user + times.system,
-                time.perf_counter())
-
-    def fraction(self):
-        end = self._sample()
-        if self.start is None or end is None:
-            return None
-        busy, own, wall = (e - s for e, s in zip(end, self.start))
-        if wall <= 0:
-            return None
-        return round(min(max((busy - own) / (wall * (os.cpu_count() or 1)), 0.), 1.), 3)
-
-
-def cpu_name() -> str:
-    """The CPU model (``/proc/cpuinfo``'s model name, with family and model
-    numbers, which tell generations apart where a hypervisor shows only
-    "AMD EPYC"), logical CPUs, torch threads and the vector ISA torch's
-    kernels use."""
-    fields = {}
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if not line.strip():
-                    break  # the first processor is enough
-                key, _, value = line.partition(':')
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    name = fields.get('model name') or platform.processor() or platform.machine() or 'CPU'
-    if 'cpu family' in fields and 'model' in fields:
-        name += f' (family {fields["cpu family"]} model {fields["model"]})'
-    isa = getattr(torch.backends.cpu, 'get_cpu_capability', lambda: None)()
-    return (f'{name}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads'
-            + (f', {isa}' if isa else ''))
-
-
-def machine_info(device: str) -> dict:
-    """:data:`MACHINE_COLUMNS` of ``device``: the GPU's name or
-    :func:`cpu_name`, and the PyTorch version (CUDA's too on a GPU)."""
-    if device.startswith('cuda'):
-        name = torch.cuda.get_device_name(torch.device(device))
-        version = f'{torch.__version__} (CUDA {torch.version.cuda})'
-    else:
-        name, version = cpu_name(), torch.__version__
-    return dict(device_name=name, torch_version=version)
-
-
-def add_ratios(rows: list) -> None:
-    full = next((r for r in rows if r['method'] == 'full'), None)
-    for row in rows:
-        row['activation_vs_full'] = (row['activation_mb'] / full['activation_mb']
-                                     if full and full['activation_mb'] else float('nan'))
-        row['step_vs_full'] = row['step_ms'] / full['step_ms'] if full else float('nan')
-
-
-def fmt(value) -> str:
-    if value is None:
-        return '-'
-    if isinstance(value, float):
-        return f'{value:.3f}' if abs(value) < 10 else f'{value:.1f}'
-    if isinstance(value, int):
-        return f'{value:,}'
-    return str(value)
-
-
-def write_outputs(args, rows: list) -> dict:
-    work_dir = Path(args.work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    precision = (' + AMP (fp16)' if args.amp and args.device.startswith('cuda') else
-                 ' + bf16 autocast' if args.cpu_bf16 and args.device == 'cpu' else ', fp32')
-    name = Path(args.config).stem if args.config else args.arch
-    title = f'{name}, {args.img_size}px, batch {args.batch_size}, {args.device}{precision}'
-    machine = machine_info(args.device)
-    lines = [f'# Fine-tuning memory and speed: {title}', '',
-             f'Measured on {machine["device_name"]}, torch {machine["torch_version"]}.', '',
-             '| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
-    lines += ['| ' + ' | '.join(fmt(r[c]) for c in COLUMNS) + ' |' for r in rows]
-    md = work_dir / 'benchmark.md'
-    md.write_text('\n'.join(lines) + '\n')
-    with open(work_dir / 'benchmark.csv', 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS + MACHINE_COLUMNS)
-        writer.writeheader()
-        writer.writerows([dict(row, **machine) for row in rows])
-
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for i, (row, marker) in enumerate(zip(rows, 'osD^v*PXh<>p')):
-        x = max(row['trainable_backbone'], 1)
-        ax.scatter(x, row['activation_mb'], s=80, marker=marker, label=row['method'])
-        # Methods with equal memory and parameters (DTL variants) would overlap.
-        ax.annotate(row['method'], (x, row['activation_mb']), textcoords='offset points',
-                    xytext=(8, 4 + 11 * (i % 3)), fontsize=8)
-    ax.set_xscale('log')
-    ax.set_xlabel('trainable backbone parameters (log)')
-    ax.set_ylabel('activation memory saved for backward (MB)')
-    ax.set_title(title)
-    ax.grid(alpha=.3)
-    fig.tight_layout()
-    fig.savefig(work_dir / 'benchmark.png', dpi=120)
-    plt.close(fig)
-    return dict(md=str(md), csv=str(work_dir / 'benchmark.csv'),
-                png=str(work_dir / 'benchmark.png'))
-
-
-def add_profile_args(parser: argparse.ArgumentParser, **defaults) -> None:
-    """Add the options :func:`profile` reads (batch, sizes, device,
-    precision, repeats, epochs); ``defaults`` override their defaults.
-    Shared with ``compare_official.py`` so the two cannot drift apart."""
-    parser.add_argument('--batch-size', type=int, default=32)
-    parser.add_argument('--img-size', type=int, default=224)
-    parser.add_argument('--num-classes', type=int, default=100)
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--no-amp', dest='amp', action='store_false',
-                        help='fp32 on GPU too (by default a GPU runs fp16 AMP)')
-    parser.add_argument('--cpu-bf16', action='store_true',
-                        help='on CPU, run under bf16 autocast (same bytes per element as '
-                             'fp16 AMP: tensor_peak_mb then estimates the GPU figure)')
-    parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--epoch-batches', type=int, default=0,
-                        help='also time two epochs of this many new batches (epoch1_s, '
-                             'epoch2_s): the prefix cache fills in the first')
-    parser.add_argument('--max-others', type=float, default=None,
-                        help='on a shared machine: time a step (and the epochs) again while '
-                             'other processes used more than this share of the CPUs during it '
-                             '(others_cpu, e.g. 0.05), keeping the least disturbed run')
-    parser.add_argument('--quiet-retries', type=int, default=5,
-                        help='with --max-others: at most this many more tries')
-    parser.add_argument('--quiet-wait', type=float, default=10.,
-                        help='with --max-others: seconds to wait before each new try')
-    parser.set_defaults(**defaults)
-
-
-def check_profile_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse values of :func:`add_profile_args`'s options that cannot run."""
-    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0 or args.epoch_batches < 0:
-        parser.error('--batch-size and --repeats must be >= 1, --warmup and '
-                     '--epoch-batches >= 0')
-    if args.quiet_retries < 0 or args.quiet_wait < 0 or \
-            args.max_others is not None and not 0 <= args.max_others <= 1:
-        parser.error('--max-others must lie in [0, 1], --quiet-retries and --quiet-wait >= 0')
+from mmdtl.analysis.benchmark import (
+    ALL_METHODS,
+    METHODS,
+    add_profile_args,
+    arch_names,
+    benchmark_methods,
+    check_profile_args,
+    measure,
+    write_outputs,
+)
 
 
 def parse_args(argv=None):
@@ -563,7 +80,7 @@ def parse_args(argv=None):
     parser.add_argument('--methods', nargs='+', default=METHODS, choices=ALL_METHODS)
     add_profile_args(parser)
     parser.add_argument('--work-dir', default='work_dirs/benchmark')
-    parser.add_argument('--single', help=argparse.SUPPRESS)
+    parser.add_argument('--single', help=argparse.SUPPRESS)  # one method's row as JSON
     args = parser.parse_args(argv)
     if args.config is None and args.arch not in arch_names():
         parser.error(f'--arch {args.arch!r} is not known; choose from {arch_names()}')
@@ -578,16 +95,7 @@ def main(argv=None):
     if args.single:
         print(json.dumps(measure(args, args.single)))
         return
-    rows = []
-    for i, method in enumerate(args.methods, 1):
-        print(f'[{i}/{len(args.methods)}] {args.config or args.arch} {method} ...', flush=True)
-        row = run_isolated(args, method)
-        rows.append(row)
-        print(f'    trainable {row["trainable_backbone"]:,}  activations '
-              f'{row["activation_mb"]:.1f} MB  peak {row["peak_mb"]:.0f} MB  '
-              f'tensor peak {row["tensor_peak_mb"]:.0f} MB  '
-              f'step {row["step_ms"]:.0f} ms', flush=True)
-    add_ratios(rows)
+    rows = benchmark_methods(args, args.methods, log=lambda line: print(line, flush=True))
     paths = write_outputs(args, rows)
     print(Path(paths['md']).read_text())
     print('wrote', ', '.join(paths.values()))
