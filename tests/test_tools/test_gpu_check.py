@@ -4,7 +4,6 @@ the interpreter checks, and the CPU fallback end to end at toy settings."""
 import base64
 import csv
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,22 +12,20 @@ import zipfile
 
 import pytest
 
-
-def load(repo_root, path, name):
-    spec = importlib.util.spec_from_file_location(name, repo_root / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from mmdtl.analysis import gpu_check
+from mmdtl.requirements import REQUIRED, _satisfies
 
 
 @pytest.fixture
-def prep(repo_root):
-    return load(repo_root, 'tools/misc/prepare_gpu_wheels.py', 'prepare_gpu_wheels')
+def prep(load_cli):
+    # tools/misc/prepare_gpu_wheels.py has no package module yet: its
+    # functions are reached through the script.
+    return load_cli('tools/misc/prepare_gpu_wheels.py')
 
 
 @pytest.fixture
-def offline(repo_root):
-    return load(repo_root, 'tools/analysis/gpu_check_offline.py', 'gpu_check_offline')
+def offline():
+    return gpu_check
 
 
 def make_wheel(folder, name, version, requires=(), module_text='VALUE = 1\n'):
@@ -53,7 +50,7 @@ def make_wheel(folder, name, version, requires=(), module_text='VALUE = 1\n'):
     return path
 
 
-def test_pins_are_exact_and_leave_the_machine_stack_alone(prep, repo_root):
+def test_pins_are_exact_and_leave_the_machine_stack_alone(prep):
     names = [prep.canonical(n) for n, _ in prep.PINS]
     assert len(names) == len(set(names))
     assert all(v and v[0].isdigit() for _, v in prep.PINS)
@@ -62,9 +59,7 @@ def test_pins_are_exact_and_leave_the_machine_stack_alone(prep, repo_root):
     assert {'torch', 'torchvision', 'numpy', 'opencv-python'} <= set(prep.MACHINE_PROVIDES)
     assert {'mmengine', 'mmpretrain', 'setuptools'} <= set(names)
     assert prep.MMCV == ('mmcv', '2.1.0')
-    # The pins are what mmdtl requires at import (the module is stdlib only).
-    requirements = load(repo_root, 'mmdtl/requirements.py', 'mmdtl_requirements')
-    REQUIRED, _satisfies = requirements.REQUIRED, requirements._satisfies
+    # The pins are what mmdtl requires at import.
     pins = dict((prep.canonical(n), v) for n, v in prep.PINS)
     for name in ('mmengine', 'mmpretrain', 'setuptools'):
         assert _satisfies(pins[name], REQUIRED[name]), name
@@ -275,3 +270,18 @@ def test_benchmark_parts_merge_in_method_order(offline, tmp_path):
     assert [r['method'] for r in merged] == ['full', 'lora', 'dtl+']
     assert float(merged[2]['activation_vs_full']) == 0.2
     assert float(merged[2]['step_vs_full']) == 0.5
+
+
+def test_the_script_starts_without_torch_or_mmengine(repo_root, tmp_path):
+    """On the GPU machine the script starts before mmengine is installed:
+    it imports mmdtl.analysis.gpu_check without running mmdtl/__init__.py
+    (which checks and imports mmengine) and without torch."""
+    blocked = tmp_path / 'blocked'
+    for name in ('torch', 'mmengine', 'mmpretrain'):
+        (blocked / name).mkdir(parents=True)
+        (blocked / name / '__init__.py').write_text(f'raise ImportError("{name} blocked")\n')
+    out = subprocess.run([sys.executable, 'tools/analysis/gpu_check_offline.py', '--help'],
+                         cwd=repo_root, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(blocked)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert '--wheels' in out.stdout and '--skip' in out.stdout
