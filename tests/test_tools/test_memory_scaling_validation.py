@@ -27,7 +27,7 @@ def test_cpu_peaks_tell_kernel_scratch_from_tensors():
 
 
 @pytest.mark.parametrize('methods', [['full', 'dtl+ckpt', 'dtl+ckpt_half', 'dtl+ckpt+rp_half',
-                                      'dtl+ckpt+rp+rs_half']])
+                                      'dtl+ckpt+rp+rs_half', 'dtl+ckpt+rp+rs+sl_half']])
 def test_validation_is_within_one_percent_on_checkpointed_methods(tmp_path, load_cli, capsys,
                                                                   methods):
     tool = load_cli('tools/analysis/memory_scaling.py')
