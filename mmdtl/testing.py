@@ -1,10 +1,11 @@
 """Helpers for tests: small data trees in the real layouts (nothing is downloaded)."""
 import os
 import os.path as osp
-from typing import Dict, Optional
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
+from mmdtl.datasets.few_shot import FEW_SHOT_DATASETS
 from mmdtl.datasets.vtab import VTAB1K_TASKS
 
 
@@ -60,6 +61,148 @@ def make_vtab_tree(root: str,
         with open(osp.join(task_dir, f'{split}.txt'), 'w', encoding='utf-8') as f:
             f.writelines(split_lines)
     return task_dir
+
+
+def make_few_shot_tree(root: str,
+                       name: str = 'oxford-pets',
+                       num_classes: Optional[int] = None,
+                       shots: Sequence[int] = (1, 2),
+                       seeds: Sequence[int] = (0, ),
+                       image_size: int = 8,
+                       rng_seed: int = 0) -> str:
+    """Write a NOAH-layout few-shot tree of random RGB PNG images.
+
+    The layout is that of NOAH's release, which ``FewShotFGVC`` reads:
+    ``<root>/<name>/<file>.png`` and
+    ``<root>/few-shot_split/<name>/annotations/`` with
+    ``train_meta.list.num_shot_<k>.seed_<s>`` (k images of every class, the
+    seed picking which of the ``max(shots)`` written per class),
+    ``val_meta.list`` and ``test_meta.list`` (one image per class), each line
+    ``<file> <label>``.
+
+    Args:
+        root (str): The data root (``data_root`` of ``FewShotFGVC``).
+        name (str): Dataset folder name. Defaults to ``'oxford-pets'``.
+        num_classes (int, optional): Number of classes. Defaults to None,
+            which takes ``FEW_SHOT_DATASETS[name]`` (required for other names).
+        shots (Sequence[int]): Shots with a train list. Defaults to (1, 2).
+        seeds (Sequence[int]): Seeds with a train list. Defaults to (0, ).
+        image_size (int): Side of the square images. Defaults to 8.
+        rng_seed (int): Seed of the random pixels. Defaults to 0.
+
+    Returns:
+        str: The annotations folder.
+    """
+    from PIL import Image
+
+    if num_classes is None:
+        if name not in FEW_SHOT_DATASETS:
+            raise ValueError(f'make_few_shot_tree: unknown dataset {name!r} needs num_classes.')
+        num_classes = FEW_SHOT_DATASETS[name]
+    rng = np.random.default_rng(rng_seed)
+    image_dir = osp.join(root, name)
+    ann_dir = osp.join(root, 'few-shot_split', name, 'annotations')
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(ann_dir, exist_ok=True)
+
+    def image(fname):
+        pixels = rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(osp.join(image_dir, fname))
+        return fname
+
+    pool = {c: [image(f'{c:03d}_train_{i}.png') for i in range(max(shots))]
+            for c in range(num_classes)}
+    for shot in shots:
+        for seed in seeds:
+            lines = []
+            for c in range(num_classes):
+                picked = np.random.default_rng(seed).permutation(len(pool[c]))[:shot]
+                lines += [f'{pool[c][i]} {c}\n' for i in sorted(picked)]
+            with open(osp.join(ann_dir, f'train_meta.list.num_shot_{shot}.seed_{seed}'),
+                      'w') as f:
+                f.writelines(lines)
+    for split in ('val', 'test'):
+        with open(osp.join(ann_dir, f'{split}_meta.list'), 'w') as f:
+            f.writelines(f'{image(f"{c:03d}_{split}.png")} {c}\n' for c in range(num_classes))
+    return ann_dir
+
+
+# Classes of make_dg_tree's test sets; -A and -R cover a subset, as the real
+# ones do (200 of the 1000 classes).
+DG_TREE_CLASSES = {
+    'imagenet': (0, 1, 954, 999),
+    'imagenetv2': (0, 1, 954, 999),
+    'imagenet-sketch': (0, 1, 954, 999),
+    'imagenet-adversarial': (1, 954),
+    'imagenet-rendition': (0, 954, 999),
+}
+
+
+def make_dg_tree(root: str,
+                 classes: Optional[Mapping[str, Sequence[int]]] = None,
+                 train_per_class: int = 2,
+                 seeds: Sequence[int] = (0, 1, 2),
+                 image_size: int = 8) -> str:
+    """Write a domain-generalization tree in the layout of the DTL release,
+    random RGB PNG images.
+
+    ImageNet: ``imagenet/images/{train,val}/<wnid>/...`` with
+    ``imagenet/annotations/train_meta.list.num_shot_16.seed_<s>`` (only
+    ``train_per_class`` images per class: the layout, not the size) and
+    ``val_meta.list``; the other sets ``<name>/<prefix>/<wnid>/...`` with
+    ``<name>/annotations/val_meta.list``. ImageNet-A names contain spaces as
+    the real ones do. Two test images per class.
+
+    Args:
+        root (str): The data root (``data_root`` of ``DomainGeneralization``).
+        classes (Mapping, optional): Class indices per set, keys among
+            those of :data:`DG_TREE_CLASSES` (``'imagenet'`` required: its
+            classes are the training ones). Defaults to
+            :data:`DG_TREE_CLASSES`.
+        train_per_class (int): Training images per class. Defaults to 2.
+        seeds (Sequence[int]): Seeds with a train list. Defaults to (0, 1, 2).
+        image_size (int): Side of the square images. Defaults to 8.
+
+    Returns:
+        str: ``root``.
+    """
+    from PIL import Image
+
+    classes = classes or DG_TREE_CLASSES
+    rng = np.random.default_rng(0)
+
+    def write(folder, relpath):
+        os.makedirs(osp.dirname(osp.join(folder, relpath)), exist_ok=True)
+        pixels = rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(osp.join(folder, relpath))
+        return relpath
+
+    def write_list(path, lines):
+        os.makedirs(osp.dirname(path), exist_ok=True)
+        with open(path, 'w') as f:
+            f.writelines(lines)
+
+    prefixes = {'imagenetv2': 'imagenetv2-matched-frequency-format-val/{c}',
+                'imagenet-sketch': 'images/n{c:08d}',
+                'imagenet-adversarial': 'imagenet-a/n{c:08d}',
+                'imagenet-rendition': 'imagenet-r/n{c:08d}'}
+    train_dir = osp.join(root, 'imagenet', 'images', 'train')
+    train = {c: [write(train_dir, f'n{c:08d}/n{c:08d}_{i}.png') for i in range(train_per_class)]
+             for c in classes['imagenet']}
+    for seed in seeds:
+        write_list(osp.join(root, 'imagenet', 'annotations',
+                            f'train_meta.list.num_shot_16.seed_{seed}'),
+                   [f'{p} {c}\n' for c, paths in train.items() for p in paths])
+    for name, cls in classes.items():
+        if name == 'imagenet':
+            folder, fmt = osp.join(root, 'imagenet', 'images', 'val'), 'n{c:08d}'
+        else:
+            folder, fmt = osp.join(root, name), prefixes[name]
+        stem = '0.1_soap dispenser _ soap dispenser' if name == 'imagenet-adversarial' else 'x'
+        lines = [f'{write(folder, fmt.format(c=c) + f"/{stem}_{i}.png")} {c}\n'
+                 for c in cls for i in range(2)]
+        write_list(osp.join(root, name, 'annotations', 'val_meta.list'), lines)
+    return root
 
 
 def make_fashion_mnist_files(folder: str, num_test: int = 3000, num_train: int = 64,

@@ -1,10 +1,8 @@
 """DomainGeneralization on a generated DG tree, and the masked 200-class metric."""
-import os
 import os.path as osp
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -13,67 +11,10 @@ import mmdtl  # noqa: F401
 import mmdtl.evaluation  # noqa: F401  (registers MaskedAccuracy)
 from mmdtl.datasets.domain_generalization import DomainGeneralization
 from mmdtl.evaluation import MaskedAccuracy
+from mmdtl.testing import make_dg_tree
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = dict(serialize_data=False)
-
-# Classes of the generated test sets; -A/-R cover a subset, as the real ones.
-DG_TREE_CLASSES = {
-    'imagenet': (0, 1, 954, 999),
-    'imagenetv2': (0, 1, 954, 999),
-    'imagenet-sketch': (0, 1, 954, 999),
-    'imagenet-adversarial': (1, 954),
-    'imagenet-rendition': (0, 954, 999),
-}
-
-
-def make_dg_tree(root, classes=None, train_per_class=2, seeds=(0, 1, 2), image_size=8):
-    """Write a DG tree in the layout of the DTL release, random PNGs.
-
-    ImageNet: ``imagenet/images/{train,val}/<wnid>/...`` with
-    ``imagenet/annotations/train_meta.list.num_shot_16.seed_<s>`` (only
-    ``train_per_class`` images per class: the layout, not the size) and
-    ``val_meta.list``; the other sets ``<name>/<prefix>/<wnid>/...`` with
-    ``<name>/annotations/val_meta.list``. ImageNet-A names contain spaces as
-    the real ones do.
-    """
-    from PIL import Image
-
-    classes = classes or DG_TREE_CLASSES
-    rng = np.random.default_rng(0)
-
-    def write(folder, relpath):
-        os.makedirs(osp.dirname(osp.join(folder, relpath)), exist_ok=True)
-        pixels = rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(osp.join(folder, relpath))
-        return relpath
-
-    def write_list(path, lines):
-        os.makedirs(osp.dirname(path), exist_ok=True)
-        with open(path, 'w') as f:
-            f.writelines(lines)
-
-    prefixes = {'imagenetv2': 'imagenetv2-matched-frequency-format-val/{c}',
-                'imagenet-sketch': 'images/n{c:08d}',
-                'imagenet-adversarial': 'imagenet-a/n{c:08d}',
-                'imagenet-rendition': 'imagenet-r/n{c:08d}'}
-    train_dir = osp.join(root, 'imagenet', 'images', 'train')
-    train = {c: [write(train_dir, f'n{c:08d}/n{c:08d}_{i}.png') for i in range(train_per_class)]
-             for c in classes['imagenet']}
-    for seed in seeds:
-        write_list(osp.join(root, 'imagenet', 'annotations',
-                            f'train_meta.list.num_shot_16.seed_{seed}'),
-                   [f'{p} {c}\n' for c, paths in train.items() for p in paths])
-    for name, cls in classes.items():
-        if name == 'imagenet':
-            folder, fmt = osp.join(root, 'imagenet', 'images', 'val'), 'n{c:08d}'
-        else:
-            folder, fmt = osp.join(root, name), prefixes[name]
-        stem = '0.1_soap dispenser _ soap dispenser' if name == 'imagenet-adversarial' else 'x'
-        lines = [f'{write(folder, fmt.format(c=c) + f"/{stem}_{i}.png")} {c}\n'
-                 for c in cls for i in range(2)]
-        write_list(osp.join(root, name, 'annotations', 'val_meta.list'), lines)
-    return root
 
 
 @pytest.fixture(scope='module')

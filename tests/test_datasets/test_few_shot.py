@@ -4,60 +4,19 @@ import os.path as osp
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 from mmengine.config import Config
 
 import mmdtl  # noqa: F401  (registers datasets and the runner)
 from mmdtl.datasets.few_shot import (
-    FEW_SHOT_DATASETS,
     FewShotFGVC,
     FewShotRunner,
     apply_few_shot_options,
 )
+from mmdtl.testing import make_few_shot_tree
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = dict(serialize_data=False)
-
-
-def make_few_shot_tree(root, name='oxford-pets', num_classes=None, shots=(1, 2), seeds=(0, ),
-                       image_size=8, rng_seed=0):
-    """Write a NOAH-layout few-shot tree of random PNGs (every class, k per class).
-
-    ``<root>/<name>/<file>.png`` and
-    ``<root>/few-shot_split/<name>/annotations/{train_meta.list.num_shot_<k>.seed_<s>,
-    val_meta.list,test_meta.list}``; one val and one test image per class.
-    Returns the annotations folder.
-    """
-    from PIL import Image
-
-    num_classes = num_classes or FEW_SHOT_DATASETS[name]
-    rng = np.random.default_rng(rng_seed)
-    image_dir = osp.join(root, name)
-    ann_dir = osp.join(root, 'few-shot_split', name, 'annotations')
-    os.makedirs(image_dir, exist_ok=True)
-    os.makedirs(ann_dir, exist_ok=True)
-
-    def image(fname):
-        pixels = rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(osp.join(image_dir, fname))
-        return fname
-
-    pool = {c: [image(f'{c:03d}_train_{i}.png') for i in range(max(shots))]
-            for c in range(num_classes)}
-    for shot in shots:
-        for seed in seeds:
-            lines = []
-            for c in range(num_classes):
-                picked = np.random.default_rng(seed).permutation(len(pool[c]))[:shot]
-                lines += [f'{pool[c][i]} {c}\n' for i in sorted(picked)]
-            with open(osp.join(ann_dir, f'train_meta.list.num_shot_{shot}.seed_{seed}'),
-                      'w') as f:
-                f.writelines(lines)
-    for split in ('val', 'test'):
-        with open(osp.join(ann_dir, f'{split}_meta.list'), 'w') as f:
-            f.writelines(f'{image(f"{c:03d}_{split}.png")} {c}\n' for c in range(num_classes))
-    return ann_dir
 
 
 @pytest.fixture(scope='module')

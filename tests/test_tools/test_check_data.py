@@ -2,24 +2,12 @@
 ones pass, every problem has file and line."""
 import os
 import os.path as osp
-import sys
-from pathlib import Path
 
 import pytest
 
 from mmdtl.datasets.check_data import SUITE_ALIASES, SUITES
 from mmdtl.suites.definitions import SUITES as RUN_SUITE_SUITES
-from mmdtl.testing import make_vtab_tree
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-# The tree writers live next to the dataset tests. Import those modules as
-# pytest does (a test folder without __init__.py is put on sys.path and its
-# files imported by base name), so each is imported once.
-sys.path.insert(0, str(REPO / 'tests' / 'test_datasets'))
-from test_domain_generalization import make_dg_tree  # noqa: E402
-from test_few_shot import make_few_shot_tree  # noqa: E402
+from mmdtl.testing import make_dg_tree, make_few_shot_tree, make_vtab_tree
 
 
 @pytest.fixture
