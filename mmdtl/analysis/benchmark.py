@@ -149,7 +149,8 @@ class Classifier(torch.nn.Module):
         super().__init__()
         self.backbone = backbone
         with torch.no_grad():
-            dims = self.features(torch.zeros(1, 3, img_size, img_size)).shape[-1]
+            probe = torch.zeros(1, input_channels(backbone), img_size, img_size)
+            dims = self.features(probe).shape[-1]
         self.head = torch.nn.Linear(dims, num_classes)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -237,6 +238,13 @@ def make_train_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.
     return loss_fn, train_step, optimizer
 
 
+def input_channels(model: torch.nn.Module) -> int:
+    """The channels the model reads: its first convolution's (the patch
+    embedding or stem of every trunk benchmarked), else 3."""
+    first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    return first.in_channels if first is not None else 3
+
+
 def profile(model: torch.nn.Module, backbone_params, args) -> dict:
     """Trainable parameters, activation bytes, peak memory, step time and
     inference throughput of ``model`` (images -> logits) on ``args``'s
@@ -246,7 +254,8 @@ def profile(model: torch.nn.Module, backbone_params, args) -> dict:
     device = torch.device(args.device)
     model = model.to(device).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
+    images = torch.randn(args.batch_size, input_channels(model), args.img_size, args.img_size,
+                         device=device)
     labels = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
     amp = args.amp and device.type == 'cuda' or \
         getattr(args, 'cpu_bf16', False) and device.type == 'cpu'

@@ -199,3 +199,18 @@ def test_benchmark_config_from_python(tmp_path):
         bench.benchmark_config(config, batch=2)
     with pytest.raises(FileNotFoundError, match='missing.py does not exist'):
         bench.benchmark_config(tmp_path / 'missing.py')
+
+
+def test_a_grey_config_is_benchmarked_on_grey_images(tmp_path):
+    """The images take the trunk's input channels (the demo's ViT reads one),
+    not always three."""
+    config = tmp_path / 'grey_dtl.py'
+    config.write_text(
+        "model = dict(type='ImageClassifier', backbone=dict(\n"
+        "    type='DTLViT', img_size=28, patch_size=7, in_channels=1,\n"
+        "    arch=dict(embed_dims=32, num_layers=4, num_heads=2, feedforward_channels=64),\n"
+        "    csn=dict(type='CompactSideNetwork', rank=2, start=1, dwconv_kernel=3)))\n")
+    rows = bench.benchmark_config(config, methods=['full', 'dtl+'], batch_size=2, img_size=28,
+                                  device='cpu', warmup=0, repeats=1, isolated=False)
+    assert [r['method'] for r in rows] == ['full', 'dtl+']
+    assert rows[1]['activation_mb'] < rows[0]['activation_mb']
