@@ -12,14 +12,13 @@ import zipfile
 
 import pytest
 
-from mmdtl.analysis import gpu_check
+from mmdtl.analysis import gpu_check, gpu_wheels
 from mmdtl.requirements import REQUIRED, _satisfies
 
 
 @pytest.fixture
-def prep(load_cli):
-    # tools/misc/prepare_gpu_wheels.py has no package module yet: its
-    # functions are reached through the script.
+def cli(load_cli):
+    """tools/misc/prepare_gpu_wheels.py's command line."""
     return load_cli('tools/misc/prepare_gpu_wheels.py')
 
 
@@ -50,37 +49,37 @@ def make_wheel(folder, name, version, requires=(), module_text='VALUE = 1\n'):
     return path
 
 
-def test_pins_are_exact_and_leave_the_machine_stack_alone(prep):
-    names = [prep.canonical(n) for n, _ in prep.PINS]
+def test_pins_are_exact_and_leave_the_machine_stack_alone():
+    names = [gpu_wheels.canonical(n) for n, _ in gpu_wheels.PINS]
     assert len(names) == len(set(names))
-    assert all(v and v[0].isdigit() for _, v in prep.PINS)
+    assert all(v and v[0].isdigit() for _, v in gpu_wheels.PINS)
     # torch, torchvision, numpy and OpenCV are the machine's: never carried.
-    assert not set(names) & set(prep.MACHINE_PROVIDES)
-    assert {'torch', 'torchvision', 'numpy', 'opencv-python'} <= set(prep.MACHINE_PROVIDES)
+    assert not set(names) & set(gpu_wheels.MACHINE_PROVIDES)
+    assert {'torch', 'torchvision', 'numpy', 'opencv-python'} <= set(gpu_wheels.MACHINE_PROVIDES)
     assert {'mmengine', 'mmpretrain', 'setuptools'} <= set(names)
-    assert prep.MMCV == ('mmcv', '2.1.0')
+    assert gpu_wheels.MMCV == ('mmcv', '2.1.0')
     # The pins are what mmdtl requires at import.
-    pins = dict((prep.canonical(n), v) for n, v in prep.PINS)
+    pins = dict((gpu_wheels.canonical(n), v) for n, v in gpu_wheels.PINS)
     for name in ('mmengine', 'mmpretrain', 'setuptools'):
         assert _satisfies(pins[name], REQUIRED[name]), name
-    assert _satisfies(prep.MMCV[1], REQUIRED['mmcv'])
+    assert _satisfies(gpu_wheels.MMCV[1], REQUIRED['mmcv'])
 
 
-def test_size_guard(prep, tmp_path):
+def test_size_guard(cli, tmp_path):
     small, big = tmp_path / 'a.whl', tmp_path / 'b.whl'
     small.write_bytes(b'x' * 1000)
     big.write_bytes(b'x' * 3000)
-    assert prep.size_problem([small, big], 4000) is None
-    message = prep.size_problem([small, big], 3999)
+    assert gpu_wheels.size_problem([small, big], 4000) is None
+    message = gpu_wheels.size_problem([small, big], 3999)
     assert 'over the' in message and 'b.whl' in message.split('largest:')[1]
     # The default limit is the issue's 60 MiB.
-    assert prep.parse_args(['d']).max_mib == 60
+    assert cli.parse_args(['d']).max_mib == 60
     with pytest.raises(SystemExit):
-        prep.parse_args(['d', '--python-version', '312'])
+        cli.parse_args(['d', '--python-version', '312'])
 
 
-def test_completeness_check_evaluates_markers_for_the_target_python(prep, tmp_path):
-    wheels = [prep.wheel_metadata(make_wheel(tmp_path, *args)) for args in [
+def test_completeness_check_evaluates_markers_for_the_target_python(tmp_path):
+    wheels = [gpu_wheels.wheel_metadata(make_wheel(tmp_path, *args)) for args in [
         ('mmthing', '1.0', ['helper>=2', 'torch>=2.4', 'opencv-python>=3',
                             'backport; python_version < "3.12"', 'winonly; sys_platform == "win32"',
                             'docs; extra == "docs"']),
@@ -88,44 +87,76 @@ def test_completeness_check_evaluates_markers_for_the_target_python(prep, tmp_pa
         ('tiny', '1.1', []),
     ]]
     assert wheels[0]['name'] == 'mmthing' and 'helper>=2' in wheels[0]['requires']
-    problems = prep.missing_requirements(wheels, '3.12')
+    problems = gpu_wheels.missing_requirements(wheels, '3.12')
     # torch and OpenCV are the machine's; the backport only matters on 3.11.
     assert len(problems) == 1 and "'tiny==1.0'" in problems[0] and 'tiny 1.1' in problems[0]
-    problems = prep.missing_requirements(wheels, '3.11')
+    problems = gpu_wheels.missing_requirements(wheels, '3.11')
     assert any('backport' in p and 'no wheel' in p for p in problems)
     (tmp_path / 'not_a_wheel.whl').write_bytes(b'junk')
     with pytest.raises(zipfile.BadZipFile):
-        prep.wheel_metadata(tmp_path / 'not_a_wheel.whl')
+        gpu_wheels.wheel_metadata(tmp_path / 'not_a_wheel.whl')
 
 
-def test_prepare_refuses_a_folder_it_did_not_write(prep, tmp_path):
+def test_prepare_refuses_a_folder_it_did_not_write(cli, tmp_path):
     (tmp_path / 'notes.txt').write_text('mine')
     with pytest.raises(SystemExit, match='files this tool did not write'):
-        prep.main([str(tmp_path)])
+        cli.main([str(tmp_path)])
     # A folder it made before loses its wheels and manifest, nothing else.
     again = tmp_path / 'again'
     again.mkdir()
     make_wheel(again, 'old', '1.0')
     (again / 'manifest.json').write_text('{}')
-    prep.prepare_folder(again)
+    gpu_wheels.prepare_folder(again)
     assert list(again.iterdir()) == []
 
 
-def manifest_of(prep, folder, python_version):
-    wheels = [dict(prep.wheel_metadata(f), file=f.name, bytes=f.stat().st_size,
-                   sha256=prep.sha256(f)) for f in sorted(folder.glob('*.whl'))]
+def test_prepared_manifest_is_what_the_offline_check_reads(offline, tmp_path):
+    """prepare_wheels from local wheels (instead of PyPI): the checks, then
+    a manifest that gpu_check accepts; a failed check leaves none."""
+    python_version = '{}.{}'.format(*sys.version_info[:2])
+    source = tmp_path / 'source'
+    source.mkdir()
+    make_wheel(source, 'gpucheck-probe', '1.0', ['gpucheck-dep>=1', 'torch>=2.4'])
+    make_wheel(source, 'gpucheck-dep', '1.2')
+
+    def fetch(dest, version):
+        assert version == python_version
+        for wheel in source.glob('*.whl'):
+            (dest / wheel.name).write_bytes(wheel.read_bytes())
+
+    dest = tmp_path / 'wheels'
+    manifest = gpu_wheels.prepare_wheels(dest, python_version, fetch=fetch)
+    assert json.loads((dest / 'manifest.json').read_text()) == manifest
+    assert [w['name'] for w in manifest['wheels']] == ['gpucheck-dep', 'gpucheck-probe']
+    assert manifest['total_bytes'] == sum(f.stat().st_size for f in source.glob('*.whl'))
+    assert 'mmcv==2.1.0 (MMCV_WITH_OPS=0)' in manifest['pins']
+    assert offline.check_wheels(dest) == manifest
+    # Too big a folder or an unmet requirement: an error, and no manifest.
+    with pytest.raises(gpu_wheels.PrepareWheelsError,
+                       match=r'over the 0\.0004\d+ MiB limit.*largest: gpucheck_'):
+        gpu_wheels.prepare_wheels(dest, python_version, max_mib=0.0005, fetch=fetch)
+    assert not (dest / 'manifest.json').exists()
+    (source / 'gpucheck_dep-1.2-py3-none-any.whl').unlink()
+    with pytest.raises(gpu_wheels.PrepareWheelsError, match=r'incomplete folder:\n  '
+                       r"gpucheck-probe 1.0 requires 'gpucheck-dep>=1': no wheel"):
+        gpu_wheels.prepare_wheels(dest, python_version, fetch=fetch)
+    assert not (dest / 'manifest.json').exists()
+
+
+def manifest_of(folder, python_version):
+    wheels = [gpu_wheels.wheel_entry(f) for f in sorted(folder.glob('*.whl'))]
     (folder / 'manifest.json').write_text(json.dumps(dict(
         python_version=python_version, wheels=wheels,
         total_bytes=sum(w['bytes'] for w in wheels))))
     return wheels
 
 
-def test_plan_keeps_what_the_machine_has_at_an_admitted_version(prep, offline, tmp_path):
+def test_plan_keeps_what_the_machine_has_at_an_admitted_version(offline, tmp_path):
     make_wheel(tmp_path, 'mmthing', '1.0', ['helper>=2', 'pillowish'])
     make_wheel(tmp_path, 'helper', '2.5')
     make_wheel(tmp_path, 'pillowish', '9.0')
     make_wheel(tmp_path, 'setuptools', '81.0.0')
-    manifest = dict(wheels=manifest_of(prep, tmp_path, '3.12'))
+    manifest = dict(wheels=manifest_of(tmp_path, '3.12'))
     machine = {'helper': '1.0', 'pillowish': '11.0', 'mmthing': '0.9', 'setuptools': '80.1'}
     todo, kept = offline.plan_install(manifest, have=lambda n: machine.get(n))
     # helper 1.0 fails >=2; a root (mmthing) needs its pinned version;
@@ -137,13 +168,13 @@ def test_plan_keeps_what_the_machine_has_at_an_admitted_version(prep, offline, t
     assert 'setuptools' in [w['name'] for w in todo]
 
 
-def test_offline_install_from_the_folder_alone(prep, offline, tmp_path):
+def test_offline_install_from_the_folder_alone(offline, tmp_path):
     wheels = tmp_path / 'wheels'
     wheels.mkdir()
     make_wheel(wheels, 'gpucheck-probe', '1.0', ['gpucheck-dep>=1'],
                module_text='from gpucheck_dep import VALUE\n')
     make_wheel(wheels, 'gpucheck-dep', '1.2', module_text='VALUE = 42\n')
-    manifest_of(prep, wheels, '{}.{}'.format(*sys.version_info[:2]))
+    manifest_of(wheels, '{}.{}'.format(*sys.version_info[:2]))
     site = tmp_path / 'site'
     lines = []
     done = offline.install(sys.executable, wheels, site, lines.append)
@@ -162,7 +193,7 @@ def test_offline_install_from_the_folder_alone(prep, offline, tmp_path):
         f.write(b'x')
     with pytest.raises(SystemExit, match='differs from manifest.json'):
         offline.read_manifest(wheels)
-    manifest_of(prep, wheels, '3.99')
+    manifest_of(wheels, '3.99')
     with pytest.raises(SystemExit, match='wheels for Python 3.99.*--python-version'):
         offline.check_wheels(wheels)
     with pytest.raises(SystemExit, match='no manifest.json'):
