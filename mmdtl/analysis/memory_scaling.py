@@ -367,6 +367,11 @@ def plot(rows: list, title: str):
     families = [f for f in ('vit', 'swin') if any(r['arch'].startswith(f + '-') for r in rows)]
     families += [] if families else ['other']
     fig, axes = new_figure(1, len(families), figsize=(6.5 * len(families), 5), squeeze=False)
+    # One colour per method in every panel (a panel may skip methods), 20 distinct.
+    import matplotlib
+    tab20 = matplotlib.colormaps['tab20']
+    colours = {m: tab20((2 * i) % 20 + (2 * i) // 20)
+               for i, m in enumerate(dict.fromkeys(r['method'] for r in rows))}
     for ax, family in zip(axes[0], families):
         mine = [r for r in rows if family == 'other' or r['arch'].startswith(family + '-')]
         for method in dict.fromkeys(r['method'] for r in mine):
@@ -374,7 +379,7 @@ def plot(rows: list, title: str):
                             for r in mine if r['method'] == method)
             style = '--' if method.endswith('_half') else '-'
             ax.plot([p[0] for p in points], [p[1] for p in points], style, marker='o',
-                    label=method)
+                    color=colours[method], label=method)
         for size in GPU_SIZES_GB:
             ax.axhline(size, color='grey', linewidth=0.8, linestyle=':')
             ax.annotate(f'{size} GB', (0.01, size), xycoords=('axes fraction', 'data'),
