@@ -73,21 +73,25 @@ def test_recomputed_running_sums_keep_none_for_backward():
     assert alive[False] - alive[True] == 2 * 4 * 17 * 32 * 2 - 3 * 4 * 17 * 2 * 2
 
 
+def step_tensor_peak(model, images) -> int:
+    """The tensor peak of one bf16-autocast training step of ``model``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def train_step():
+        with torch.autocast('cpu', torch.bfloat16):
+            out = model(images)[0]
+        out.float().sum().backward()
+        for p in params:
+            p.grad = None
+
+    return cpu_step_peaks(train_step, [*model.parameters(), images]).tensors
+
+
 def test_recomputed_running_sums_lower_the_step_peak():
     images = torch.randn(4, 3, 32, 32)
-    peaks = {}
-    for recompute in (False, True):
-        model = dino_like(checkpoint_suffix=True, recompute_running_sums=recompute)
-        params = [p for p in model.parameters() if p.requires_grad]
-
-        def train_step():
-            with torch.autocast('cpu', torch.bfloat16):
-                out = model(images)[0]
-            out.float().sum().backward()
-            for p in params:
-                p.grad = None
-
-        peaks[recompute] = cpu_step_peaks(train_step, [*model.parameters(), images]).tensors
+    peaks = {recompute: step_tensor_peak(dino_like(checkpoint_suffix=True,
+                                                   recompute_running_sums=recompute), images)
+             for recompute in (False, True)}
     assert peaks[True] < peaks[False]
 
 
@@ -165,20 +169,9 @@ def test_checkpointed_sublayers_with_drop_path_draw_the_same_numbers():
 def test_checkpointed_sublayers_lower_the_step_peak():
     """The unit's recomputation keeps one sub-layer's activations at a time."""
     images = torch.randn(4, 3, 32, 32)
-    peaks = {}
-    for split in (False, True):
-        model = dino_like(checkpoint_suffix=True, recompute_running_sums=True,
-                          checkpoint_sublayers=split)
-        params = [p for p in model.parameters() if p.requires_grad]
-
-        def train_step():
-            with torch.autocast('cpu', torch.bfloat16):
-                out = model(images)[0]
-            out.float().sum().backward()
-            for p in params:
-                p.grad = None
-
-        peaks[split] = cpu_step_peaks(train_step, [*model.parameters(), images]).tensors
+    peaks = {split: step_tensor_peak(dino_like(checkpoint_suffix=True, recompute_running_sums=True,
+                                               checkpoint_sublayers=split), images)
+             for split in (False, True)}
     assert peaks[True] < peaks[False]
 
 
