@@ -1,37 +1,8 @@
 """Trainable parameters and activation memory of DTL detectors vs full fine-tuning.
 
-For every detection config it builds the detector twice from the same seed:
-as configured (DTL: frozen trunk, side network + neck + heads trainable) and
-with ``model.backbone.freeze_backbone=False`` (the whole backbone trainable,
-side network included). The side network starts as an exact no-op, so both
-see identical features, proposals and sampled RoIs; the two runs differ only
-in what autograd keeps.
-
-Memory options: the neck and heads run as configured in both modes (e.g.
-``with_cp=True`` of SimpleFPN and mmdtl's ``Checkpoint*Head``), so they save
-the same in both. The backbone options that serve a frozen trunk
-(:data:`FROZEN_TRUNK_OPTIONS`: ``checkpoint_suffix``,
-``recompute_prefix_taps``, ...) run on the DTL side only: full fine-tuning
-gets the plain backbone (``checkpoint_suffix`` there would checkpoint every
-block, another method; the others need a frozen trunk). The table lists, per
-mode, the backbone options and the neck/head options that ran, read from the
-built detector. For each mode it reports
-
-- trainable parameters, of the backbone and of the whole detector;
-- activation bytes: the tensors saved for backward during one real training
-  step (data preprocessor, then ``model.loss``) on a synthetic batch with
-  boxes and masks, storage-deduplicated, parameters excluded (as
-  :func:`mmdtl.utils.saved_activation_bytes`), in all and while the
-  backbone runs (the rest, neck and heads, is the same in both modes);
-- the wall time of that step (forward and backward, one step: a rough
-  figure of the recompute cost of checkpointing, not a benchmark);
-
-and writes ``detection_memory.md`` and ``detection_memory.csv`` under
-``--work-dir``. Weights are random (``init_cfg`` of the backbone is dropped,
-no checkpoint is needed): the counts depend on the shapes, not the values.
-
-The measurement is ``mmdtl.analysis.detection_memory``; this script parses
-the command line.
+Writes ``detection_memory.md`` and ``detection_memory.csv`` under ``--work-dir``. What it
+measures and how is said in ``mmdtl.analysis.detection_memory``, which does the work; this
+script parses the command line.
 
 Example::
 

@@ -1,21 +1,10 @@
 """Cost of K DTL tasks on one shared frozen backbone vs K separate models.
 
-For K = 1, 2, 5, 10 (``--tasks``) tasks of the same recipe (``csn.start =
-M`` of N blocks) it measures, on the same random images:
-
-- FLOPs of one forward, counted by ``torch.utils.flop_counter.FlopCounterMode``
-  (every matmul/conv/attention op actually executed, 2 FLOPs per
-  multiply-add): K separate DTL classifiers vs one :class:`MultiTaskDTL`;
-- the ratio and its target ``(M + K (N - M)) / (K N)``, met when the ratio is
-  at most 1.1 x the target (the 10 % cover the patch embedding, side networks
-  and heads); the shared prefix is blocks ``0..M``;
-- median wall time of a forward (after warm-up) for both;
-- the largest absolute logit difference between the two (should be ~1e-6).
-
-Writes ``multitask_benchmark.md`` and ``multitask_benchmark.csv`` under
-``--work-dir``. The benchmark is ``mmdtl.analysis.multitask_benchmark``; this
-script parses the command line. The tasks get random side networks and heads (the cost does
-not depend on the values) and are saved and loaded as real task files.
+Writes ``multitask_benchmark.md`` and ``multitask_benchmark.csv`` under ``--work-dir``.
+What it measures and how (FLOPs, wall time, logit differences of K tasks on one
+:class:`MultiTaskDTL` against K separate models) is said in
+``mmdtl.analysis.multitask_benchmark``, which does the work; this script parses the command
+line.
 
 Example::
 
