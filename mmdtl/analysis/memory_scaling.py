@@ -27,7 +27,6 @@ from typing import Callable, Optional
 import torch
 
 from mmdtl.analysis import benchmark as bench
-from mmdtl.models.dtl import PRESETS, preset_options
 from mmdtl.utils.report import markdown_table, new_figure, save_figure, write_csv, write_markdown
 
 ARCHS = ['vit-s', 'vit-b', 'vit-l', 'vit-h', 'vit-eva-g', 'vit-dinov2-g',
@@ -146,23 +145,6 @@ def recipe_of(args, arch: str) -> tuple:
     return arch_recipe(arch, args.csn_start, args.csn_taps_from)
 
 
-def method_applies(arch: str, method: str) -> bool:
-    """Whether ``method`` runs on ``arch``: sub-layer checkpoints
-    (``checkpoint_sublayers``) split ViT blocks only."""
-    base = method[:-len('_half')] if method.endswith('_half') else method
-    if base not in PRESETS:  # full, lora, ...: every arch
-        return True
-    _, options = preset_options(method)
-    return not (options.get('checkpoint_sublayers') and arch.startswith('swin-'))
-
-
-def _skip(arch: str, method: str, log: Callable[[str], None]) -> bool:
-    if method_applies(arch, method):
-        return False
-    log(f'  {arch} {method}: skipped (checkpoint_sublayers splits ViT blocks only)')
-    return True
-
-
 def validate(args, log: Callable[[str], None] = _print) -> list:
     """Estimate and measure every ``args.validate`` arch x
     ``args.validate_methods`` method at ``args.validate_batch_size``: one
@@ -170,8 +152,6 @@ def validate(args, log: Callable[[str], None] = _print) -> list:
     rows = []
     for arch in args.validate:
         for method in args.validate_methods:
-            if _skip(arch, method, log):
-                continue
             sizes = (recipe_of(args, arch), method, args.validate_batch_size,
                      args.img_size, args.num_classes)
             tic = time.perf_counter()
@@ -201,8 +181,6 @@ def estimate(args, log: Callable[[str], None] = _print) -> list:
     rows = []
     for arch in args.archs:
         for method in args.methods:
-            if _skip(arch, method, log):
-                continue
             tic = time.perf_counter()
             row = step_memory(recipe_of(args, arch), method, args.batch_size,
                               args.img_size, args.num_classes, fake=True,

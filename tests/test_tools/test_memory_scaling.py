@@ -119,16 +119,3 @@ def test_memory_scaling_tool(tmp_path, load_cli, capsys):
             assert 0 <= allocator - measured < 1.0 and abs(allocator - measured - scratch) < 0.02
     assert (tmp_path / 'memory_scaling.png').stat().st_size > 5000
 
-
-def test_sublayer_checkpoints_are_skipped_on_swin_with_a_line():
-    from types import SimpleNamespace
-
-    from mmdtl.analysis.memory_scaling import estimate, method_applies
-    assert method_applies('vit-b', 'dtl+ckpt+rp+rs+sl_half')
-    assert method_applies('swin-b', 'full') and method_applies('swin-b', 'dtl+ckpt+rp+rs_half')
-    assert not method_applies('swin-b', 'dtl+ckpt+rp+rs+sl_half')
-    lines = []
-    args = SimpleNamespace(archs=['swin-t'], methods=['dtl+ckpt+rp+rs+sl_half'], breakdown=0)
-    assert estimate(args, log=lines.append) == []
-    assert lines == ['  swin-t dtl+ckpt+rp+rs+sl_half: skipped (checkpoint_sublayers splits '
-                     'ViT blocks only)']

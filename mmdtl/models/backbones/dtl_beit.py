@@ -1,6 +1,7 @@
 """DTL on mmpretrain's BEiTViT (BEiT v1/v2 backbones): blocks that take a
 relative position bias as a second argument."""
 from mmpretrain.models.backbones import BEiTViT
+from mmpretrain.models.backbones.beit import BEiTTransformerEncoderLayer
 from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
@@ -36,6 +37,23 @@ class BEiTAdapter(ViTFamilyAdapter):
         # self-contained under checkpointing and prefix recomputation.
         bias = self.backbone.rel_pos_bias
         return block(x, bias() if bias is not None else None)
+
+    def block_sublayers(self, index, block, grid):
+        # BEiT's own block forward, split where it adds its first residual;
+        # the attention half computes the bias itself, as call_block does.
+        if type(block).forward is not BEiTTransformerEncoderLayer.forward:
+            return None
+        table = self.backbone.rel_pos_bias
+
+        def attention(x):
+            attn = block.attn(block.ln1(x), rel_pos_bias=table() if table is not None else None)
+            return x + block.drop_path(attn if block.gamma_1 is None else block.gamma_1 * attn)
+
+        def mlp(x):
+            ffn = block.ffn(block.ln2(x))
+            return x + block.drop_path(ffn if block.gamma_2 is None else block.gamma_2 * ffn)
+
+        return [attention, mlp]
 
 
 @MODELS.register_module()

@@ -1,6 +1,7 @@
 """DTL on mmpretrain's ViTEVA02 (EVA-02): blocks that take the patch grid as a
 second argument for their rotary position embedding."""
 from mmpretrain.models.backbones import ViTEVA02
+from mmpretrain.models.backbones.vit_eva02 import EVA02EndcoderLayer
 from mmpretrain.registry import MODELS
 
 from ..dtl import DTLBackbone
@@ -14,6 +15,13 @@ class EVA02Adapter(ViTAdapter):
 
     def call_block(self, index, block, x, grid):
         return block(x, grid)
+
+    def block_sublayers(self, index, block, grid):
+        # EVA-02's own block forward, split where it adds its first residual.
+        if type(block).forward is not EVA02EndcoderLayer.forward:
+            return None
+        return [lambda x: x + block.drop_path(block.attn(block.norm1(x), grid)),
+                lambda x: x + block.drop_path(block.mlp(block.norm2(x)))]
 
 
 @MODELS.register_module()

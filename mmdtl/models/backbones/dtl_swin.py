@@ -2,6 +2,7 @@
 from typing import List
 
 from mmpretrain.models.backbones import SwinTransformer
+from mmpretrain.models.backbones.swin_transformer import SwinBlock
 from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
@@ -47,6 +48,14 @@ class SwinAdapter(TrunkAdapter):
     def call_block(self, index, block, x, grid):
         # The output is on the unpadded grid: window padding is undone inside.
         return block(x, grid)
+
+    def block_sublayers(self, index, block, grid):
+        # SwinBlock's own forward (its with_cp only checkpoints the same ops),
+        # split where it adds its first residual.
+        if type(block).forward is not SwinBlock.forward:
+            return None
+        return [lambda x: block.attn(block.norm1(x), grid) + x,
+                lambda x: block.ffn(block.norm2(x), identity=x)]
 
     def after_block(self, index, x, grid):
         bb, s = self.backbone, self.stage_ending_at(index)

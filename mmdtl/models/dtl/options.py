@@ -47,7 +47,8 @@ class DTLOptions:
             instead of the whole block's. Same outputs and gradients, one
             more block forward per unit in backward. Trunks whose adapter
             names the sub-layers (:meth:`TrunkAdapter.block_sublayers`:
-            ViT, DeiT3); refused on the others. Defaults to False.
+            ViT, DeiT3, BEiT, EVA-02, Swin); refused on the others (ConvNeXt,
+            whose block has no residual inside). Defaults to False.
         recompute_prefix_taps (bool): Keep none of the frozen prefix's tapped
             block inputs for backward: the prefix's taps run in one autograd
             function that saves only the images and runs blocks ``0..M`` again
