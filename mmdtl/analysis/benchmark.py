@@ -168,6 +168,7 @@ def build_model(arch, method: str, num_classes: int, img_size: int,
     from mmpretrain.registry import MODELS
 
     from mmdtl.models.backbones import DTL_PARENTS
+    from mmdtl.utils.config_memory import quiet_logger
 
     backbone, recipe = arch_entry(arch) if isinstance(arch, str) else arch
     backbone = dict(backbone)
@@ -192,7 +193,8 @@ def build_model(arch, method: str, num_classes: int, img_size: int,
             # default drop path is 0.1). Warm cache: the first
             # (activation-measuring) step fills it.
             backbone['drop_path_rate'] = 0.
-    backbone = MODELS.build(backbone)
+    with quiet_logger():  # LoRAModel's init_weights logs a line per parameter
+        backbone = MODELS.build(backbone)
     if method == 'linear':
         backbone.requires_grad_(False)
     return Classifier(backbone, num_classes, img_size)

@@ -25,7 +25,9 @@ def _input_shape(backbone_cfg) -> tuple:
 
 
 @contextlib.contextmanager
-def _quiet_logger():
+def quiet_logger():
+    """Only errors from mmengine's current logger meanwhile (building a
+    model logs one line per parameter that ``init_weights`` left alone)."""
     from mmengine.logging import MMLogger
     logger = MMLogger.get_current_instance()
     level = logger.level
@@ -88,7 +90,7 @@ def config_step_memory(cfg, fake: bool = False, batch_size: int = None) -> Dict[
         data = dict(inputs=images,  # a batch tensor: no padding check on values
                     data_samples=[DataSample().set_gt_label(i % num_classes)
                                   for i in range(batch_size)])
-        with _quiet_logger():  # one line per frozen parameter otherwise
+        with quiet_logger():  # one line per frozen parameter otherwise
             optim_wrapper = build_optim_wrapper(model, optim_cfg)
         processed = model.data_preprocessor(data, True)
 

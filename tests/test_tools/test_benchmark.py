@@ -214,3 +214,22 @@ def test_a_grey_config_is_benchmarked_on_grey_images(tmp_path):
                                   device='cpu', warmup=0, repeats=1, isolated=False)
     assert [r['method'] for r in rows] == ['full', 'dtl+']
     assert rows[1]['activation_mb'] < rows[0]['activation_mb']
+
+
+def test_building_lora_logs_nothing():
+    """mmpretrain's LoRAModel calls init_weights, which logs one line per
+    parameter (3564 lines in a memory_scaling run); the benchmark builds it
+    quietly."""
+    import logging
+
+    from mmengine.logging import MMLogger
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        bench.build_model('vit-tiny-test', 'lora', 10, 32)
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if 'init_weights' in r.getMessage()]
