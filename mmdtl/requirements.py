@@ -49,7 +49,9 @@ def _release(version: str) -> tuple:
     return tuple(int(n) for n in match.group(0).split('.')) if match else ()
 
 
-def _satisfies(version: str, spec: str) -> bool:
+def satisfies(version: str, spec: str) -> bool:
+    """Whether ``version`` (e.g. ``'2.1.0+cpu'``) meets ``spec`` (e.g.
+    ``'>=2.0,<2.2'``), comparing release numbers only."""
     have = _release(version)
     for clause in filter(None, (c.strip() for c in spec.split(','))):
         op = clause[:2] if clause[:2] in ('>=', '<=', '==', '!=') else clause[:1]
@@ -85,7 +87,7 @@ def check_requirements(version_of: Optional[Callable[[str], str]] = None) -> Non
             raise ImportError(f'mmdtl needs {name}{spec}, which is not installed: '
                               f'pip install "{name}{spec}" (mmcv: see docs/installation.md)'
                               ) from None
-        if not _satisfies(version, spec):
+        if not satisfies(version, spec):
             raise ImportError(f'mmdtl needs {name}{spec} but {name} {version} is installed: '
                               f'pip install "{name}{spec}" (tested versions: '
                               'docs/installation.md)')

@@ -13,7 +13,7 @@ import zipfile
 import pytest
 
 from mmdtl.analysis import gpu_check, gpu_wheels
-from mmdtl.requirements import REQUIRED, _satisfies
+from mmdtl.requirements import REQUIRED, satisfies
 
 
 @pytest.fixture
@@ -61,8 +61,8 @@ def test_pins_are_exact_and_leave_the_machine_stack_alone():
     # The pins are what mmdtl requires at import.
     pins = dict((gpu_wheels.canonical(n), v) for n, v in gpu_wheels.PINS)
     for name in ('mmengine', 'mmpretrain', 'setuptools'):
-        assert _satisfies(pins[name], REQUIRED[name]), name
-    assert _satisfies(gpu_wheels.MMCV[1], REQUIRED['mmcv'])
+        assert satisfies(pins[name], REQUIRED[name]), name
+    assert satisfies(gpu_wheels.MMCV[1], REQUIRED['mmcv'])
 
 
 def test_size_guard(cli, tmp_path):
