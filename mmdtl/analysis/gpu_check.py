@@ -33,13 +33,15 @@ MIN_TORCH = (2, 4)
 # benchmark.py) for the main and the giant backbone, batch, timing repeats.
 PROFILES = {
     'cuda': dict(main=('vit-b', 224, None),
-                 giant=('vit-dinov2-g', 224, ['full', 'dtl+ckpt_half', 'dtl+ckpt+rp_half']),
+                 giant=('vit-dinov2-g', 224, ['full', 'dtl+ckpt_half', 'dtl+ckpt+rp_half',
+                                              'dtl+ckpt+rp+rs+sl_half']),
                  batch_size=32, warmup=1, repeats=3, bench_args=[],
                  precision='fp16 AMP', peak_column='peak_mb',
                  peak_kind='torch.cuda.max_memory_allocated'),
     # DINOv2-S stands in for the giant (same trunk code, patch 14, 22M params).
     'cpu': dict(main=('vit-tiny-test', 32, None),
-                giant=('vit-dinov2-s', 28, ['full', 'dtl+ckpt_half', 'dtl+ckpt+rp_half']),
+                giant=('vit-dinov2-s', 28, ['full', 'dtl+ckpt_half', 'dtl+ckpt+rp_half',
+                                            'dtl+ckpt+rp+rs+sl_half']),
                 batch_size=2, warmup=1, repeats=1, bench_args=['--cpu-bf16'],
                 precision='bf16 autocast (the bytes of fp16 AMP)', peak_column='tensor_peak_mb',
                 peak_kind='CPU tensor peak (profiler)'),
@@ -52,7 +54,8 @@ BUDGETS = {'install': 30, 'verify': 25, 'cuda tests': 60, 'benchmark main': 190,
 DEFAULT_BUDGET_S = {'cuda': 480., 'cpu': 900.}
 # Methods per benchmark.py call: a call that runs out of time loses only its
 # own rows (benchmark.py writes its table at the end). One per call for the
-# giant, whose three rows are the point.
+# giant, whose rows are the point (the last, every memory option, is the
+# first to go when time runs out).
 CHUNK = {'main': 5, 'giant': 1}
 SKIPPABLE = ('tests', 'giant', 'estimates')
 # Roots of the wheel folder (no other wheel requires them): the exact pinned
