@@ -21,12 +21,17 @@ def test_recomputed_running_sums_are_bit_identical(trunk, storage, prefix):
     """Every trunk (Swin and ConvNeXt: sums that restart at a stage inside
     the suffix), fp32 and bf16 autocast, half-stored weights: the same bits
     as the plain runner."""
-    half = storage == 'bf16'
-    options = dict(checkpoint_suffix=True, recompute_running_sums=True, **prefix)
+    assert_same_bits_as_plain(trunk, storage == 'bf16', checkpoint_suffix=True,
+                              recompute_running_sums=True, **prefix)
+
+
+def assert_same_bits_as_plain(trunk, half, **options):
+    """Logits and CSN gradients of ``options`` equal the plain runner's
+    exactly: fp32 and bf16 autocast, or bf16 with half-stored weights."""
     if half:
         options['frozen_weights_dtype'] = 'bfloat16'
     model = build(trunk, **options).train()
-    if half:
+    if half:  # the same fp32 weights, rounded once
         model.load_state_dict(build(trunk).state_dict())
     for autocast in ([True] if half else [False, True]):
         outs, grads = step(model, images_of(trunk), autocast)
@@ -129,22 +134,8 @@ def test_checkpointed_sublayers_are_bit_identical(trunk, storage, sums):
     (Swin: sums that restart at a stage inside the suffix):
     the same bits as the plain runner, fp32 and bf16 autocast, half-stored
     weights, with or without recomputed running sums."""
-    half = storage == 'bf16'
-    options = dict(checkpoint_suffix=True, checkpoint_sublayers=True,
-                   recompute_running_sums=sums)
-    if half:
-        options['frozen_weights_dtype'] = 'bfloat16'
-    model = build(trunk, **options).train()
-    if half:
-        model.load_state_dict(build(trunk).state_dict())
-    for autocast in ([True] if half else [False, True]):
-        outs, grads = step(model, images_of(trunk), autocast)
-        expected_outs, expected_grads = plain_result(trunk, autocast)
-        for out, expected in zip(outs, expected_outs):
-            torch.testing.assert_close(out, expected, rtol=0, atol=0)
-        for name in expected_grads:
-            torch.testing.assert_close(grads[name], expected_grads[name], rtol=0, atol=0,
-                                       msg=name)
+    assert_same_bits_as_plain(trunk, storage == 'bf16', checkpoint_suffix=True,
+                              checkpoint_sublayers=True, recompute_running_sums=sums)
 
 
 @pytest.mark.parametrize('trunk', ['vit', 'deit3', 'beit', 'eva02', 'swin'])
