@@ -3,13 +3,13 @@ one options object (see ``docs/adding_a_backbone.md``)."""
 from .adapter import TrunkAdapter, ViTFamilyAdapter
 from .backbone import DTLBackbone
 from .options import (
-                      HALF_SUFFIX,
-                      INCOMPATIBLE,
-                      PRESETS,
-                      REQUIRES,
-                      DTLOptions,
-                      preset_names,
-                      preset_options,
+    HALF_SUFFIX,
+    INCOMPATIBLE,
+    PRESETS,
+    REQUIRES,
+    DTLOptions,
+    preset_names,
+    preset_options,
 )
 from .runner import DTLRunner
 

@@ -17,8 +17,8 @@ runs as one *unit*, ``tap -> block -> add back``, checkpointed as a whole
 with ``checkpoint_suffix``; a checkpointed unit keeps its input and the
 running sum entering it, or its input only with ``recompute_running_sums``
 (:class:`_RunningSums`); ``checkpoint_sublayers`` checkpoints the block's
-sub-layers apart inside the unit. A trunk that is not frozen runs every block as a
-unit, with grad. What differs between trunks is asked of the
+sub-layers apart inside the unit. A trunk that is not frozen runs every block
+as a unit, with grad. What differs between trunks is asked of the
 :class:`TrunkAdapter`.
 """
 from typing import Callable, Dict, List, Optional, Tuple
