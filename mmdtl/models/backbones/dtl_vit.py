@@ -58,12 +58,10 @@ class DTLViT(DTLBackbone, VisionTransformer):
         out_type (str): See :class:`VisionTransformer`.
             Defaults to ``'avg_featmap'``.
         final_norm (bool): See :class:`VisionTransformer`. Defaults to False.
-        **kwargs: The DTL options of :class:`mmdtl.models.dtl.DTLOptions`
-            (``freeze_backbone``, ``checkpoint_suffix``,
-            ``recompute_prefix_taps``, ``prefix_cache``,
-            ``pack_frozen_weights``, ``frozen_weights_dtype``,
-            ``allow_random_trunk``, ``allow_partial_trunk``) and the other
-            arguments of :class:`VisionTransformer`.
+        **kwargs: The DTL options, the fields of
+            :class:`mmdtl.models.dtl.DTLOptions` (``freeze_backbone``,
+            ``checkpoint_suffix``, ``checkpoint_sublayers``, ...), and the
+            other arguments of :class:`VisionTransformer`.
     """
     trunk_adapter = ViTAdapter
 
