@@ -46,6 +46,7 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.registry import DefaultScope, init_default_scope
 
+from mmdtl.models.dtl import DTLOptions
 from mmdtl.utils import SavedTensorMeter, synchronize
 from mmdtl.utils.report import markdown_table, write_csv, write_markdown
 
@@ -55,8 +56,10 @@ COLUMNS = ['config', 'mode', 'backbone_options', 'neck_head_options', 'trainable
 MODES = ('dtl', 'full')
 #: DTL backbone options that serve a frozen trunk; the full fine-tuning side
 #: runs without them (see the module docstring).
-FROZEN_TRUNK_OPTIONS = ('checkpoint_suffix', 'recompute_prefix_taps', 'prefix_cache',
-                        'frozen_weights_dtype', 'pack_frozen_weights')
+# Every memory/speed option of DTLOptions: they serve the frozen trunk (or
+# need checkpoint_suffix, which full fine-tuning does not get).
+FROZEN_TRUNK_OPTIONS = tuple(n for n in DTLOptions.names() if n not in (
+    'freeze_backbone', 'allow_random_trunk', 'allow_partial_trunk'))
 
 
 
@@ -191,8 +194,6 @@ def build_detector(cfg: Config, mode: str, seed: int, device: torch.device):
         device (torch.device): Where it goes.
     """
     from mmdet.registry import MODELS
-
-    from mmdtl.models.dtl import DTLOptions
 
     model_cfg = copy.deepcopy(cfg.model)
     # No checkpoint needed: what is saved depends on shapes, not on values.

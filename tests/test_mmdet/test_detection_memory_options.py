@@ -293,3 +293,18 @@ def test_detection_memory_refuses_cut_out_indices(tmp_path, load_cli):
     with pytest.raises(SystemExit, match='model.backbone.out_indices'):
         cli.main([str(SWIN_T), '--work-dir', str(tmp_path), '--cfg-options',
                   'model.backbone.out_indices=(1,2,3)'])
+
+
+def test_full_mode_drops_every_frozen_trunk_option():
+    """A config with recomputed running sums and sub-layer checkpoints (both
+    need checkpoint_suffix) builds its full fine-tuning side plain: every
+    option of DTLOptions that serves a frozen trunk is reset, so none is
+    refused for lack of another."""
+    from mmdtl.models.dtl import DTLOptions
+    cfg = tiny_vit_cfg({'model.backbone.recompute_running_sums': True,
+                        'model.backbone.checkpoint_sublayers': True})
+    dtl = tool.build_detector(cfg, 'dtl', 0, torch.device('cpu'))
+    assert dtl.backbone.dtl_options.checkpoint_sublayers
+    full = tool.build_detector(cfg, 'full', 0, torch.device('cpu'))
+    assert full.backbone.dtl_options == DTLOptions(freeze_backbone=False)
+    assert 'checkpoint_sublayers=True' in tool.backbone_options(dtl.backbone)
