@@ -42,6 +42,10 @@ OPTIONS = {
     'checkpoint_suffix': dict(checkpoint_suffix=True),
     'prefix_cache': dict(prefix_cache=dict(storage='memory')),
     'recompute_prefix_taps': dict(recompute_prefix_taps=True),
+    # Every recomputation of the suffix at once (a tree without one of them
+    # reports the case as not built).
+    'recomputed_suffix': dict(checkpoint_suffix=True, recompute_running_sums=True,
+                              checkpoint_sublayers=True),
 }
 
 
