@@ -112,12 +112,7 @@ class LoadImageFromFilePIL(MMCVLoadImageFromFile):
             if self.ignore_empty:
                 return None
             raise
-        if self.to_float32:
-            img = img.astype(np.float32)
-        results['img'] = img
-        results['img_shape'] = img.shape[:2]
-        results['ori_shape'] = img.shape[:2]
-        return results
+        return self._store(results, img)
 
     def _decoded(self, results: dict) -> dict:
         """An image decoded before the pipeline (an inference API): kept."""
@@ -125,6 +120,9 @@ class LoadImageFromFilePIL(MMCVLoadImageFromFile):
         if not isinstance(img, np.ndarray):
             raise KeyError(f'{type(self).__name__}: the result has neither an img_path to '
                            f'read nor an img array (keys: {sorted(results)}).')
+        return self._store(results, img)
+
+    def _store(self, results: dict, img: np.ndarray) -> dict:
         if self.to_float32:
             img = img.astype(np.float32)
         results['img'] = img
