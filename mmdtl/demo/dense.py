@@ -29,7 +29,6 @@ from mmdtl.utils.report import (
     new_figure,
     save_figure,
     write_csv,
-    write_json,
     write_markdown,
 )
 from mmdtl.utils.stats import mean as _mean
@@ -40,16 +39,12 @@ from .runs import (
     REPO,
     RESULT,
     check_checkpoint,
-    close_logger,
     for_one_run,
-    measure_step,
-    output_to,
     resolve_checkpoint,
-    reusable,
+    reuse_or_run,
+    run_config,
     run_key,
     set_backbone_checkpoint,
-    trainable,
-    unwrap_model,
 )
 
 METHODS = OrderedDict([
@@ -128,30 +123,12 @@ def load_run_config(config: str, seed: int, work_dir: str, options: Optional[dic
 def train_and_test(cfg, task: str, measure: bool = True) -> dict:
     """Train and test one config in this process: metrics, time, params and
     (``measure``) the memory of one more training step."""
-    from mmengine.runner import Runner
-
-    with output_to(osp.join(cfg.work_dir, 'dense_run.log')):
-        runner = Runner.from_cfg(cfg)
-        try:
-            tic = time.perf_counter()
-            runner.train()
-            train_s = time.perf_counter() - tic
-            metrics = runner.test()
-            model = unwrap_model(runner.model)
-            missing = [k for k in TASKS[task][1] if k not in metrics]
-            # CocoMetric returns nothing when no box passes the score threshold.
-            if missing and (task != 'detection' or metrics):
-                raise RuntimeError(f'{cfg.work_dir}: the test gave no {missing} ({metrics})')
-            result = dict(
-                metrics={k: float(metrics.get(k, 0.)) for k in TASKS[task][1]},
-                train_s=train_s,
-                trainable_backbone=trainable(model.backbone),
-                trainable_total=trainable(model))
-            if measure:
-                result.update(measure_step(runner))
-        finally:
-            close_logger(runner)
-    return result
+    metrics, figures = run_config(cfg, 'dense_run.log', measure)
+    missing = [k for k in TASKS[task][1] if k not in metrics]
+    # CocoMetric returns nothing when no box passes the score threshold.
+    if missing and (task != 'detection' or metrics):
+        raise RuntimeError(f'{cfg.work_dir}: the test gave no {missing} ({metrics})')
+    return dict(metrics={k: float(metrics.get(k, 0.)) for k in TASKS[task][1]}, **figures)
 
 
 def run_one(method: str, task: str, seed: int, work_root: str, backbone_sha: str,
@@ -165,15 +142,10 @@ def run_one(method: str, task: str, seed: int, work_root: str, backbone_sha: str
     cfg = load_run_config(config_path(method, task), seed, work_dir, options, split, lr,
                           checkpoint)
     key = run_key(cfg, seed, backbone_sha)
-    path = osp.join(work_dir, RESULT)
-    record = None if force else reusable(path, key, measure)
-    if record is not None:
-        return record
-    record = dict(method=method, task=task, seed=seed, key=key, split=split,
-                  config=osp.relpath(config_path(method, task), REPO),
-                  lr=cfg.optim_wrapper.optimizer.lr, **train_and_test(cfg, task, measure))
-    write_json(path, record)
-    return record
+    return reuse_or_run(osp.join(work_dir, RESULT), key, measure, force, lambda: dict(
+        method=method, task=task, seed=seed, key=key, split=split,
+        config=osp.relpath(config_path(method, task), REPO),
+        lr=cfg.optim_wrapper.optimizer.lr, **train_and_test(cfg, task, measure)))
 
 
 # ----------------------------------------------------------------------------

@@ -15,7 +15,8 @@ import json
 import os
 import os.path as osp
 import sys
-from typing import Dict, Optional
+import time
+from typing import Callable, Dict, Optional, Tuple
 
 from mmdtl.utils.checkpoint import file_sha256
 
@@ -143,6 +144,50 @@ def close_logger(runner) -> None:
     for handler in list(runner.logger.handlers):
         runner.logger.removeHandler(handler)
         handler.close()
+
+
+def run_config(cfg, log_name: str, measure: bool = True) -> Tuple[dict, dict]:
+    """Train, then test one config in this process, its output going to
+    ``log_name`` in the run's folder.
+
+    Returns:
+        tuple: The test metrics, and the run's figures: ``train_s``,
+        ``test_s``, trainable parameters of the backbone and in all, and
+        (``measure``) the memory of one more training step.
+    """
+    from mmengine.runner import Runner
+
+    with output_to(osp.join(cfg.work_dir, log_name)):
+        runner = Runner.from_cfg(cfg)
+        try:
+            tic = time.perf_counter()
+            runner.train()
+            train_s = time.perf_counter() - tic
+            tic = time.perf_counter()
+            metrics = runner.test()
+            test_s = time.perf_counter() - tic
+            model = unwrap_model(runner.model)
+            figures = dict(train_s=train_s, test_s=test_s,
+                           trainable_backbone=trainable(model.backbone),
+                           trainable_total=trainable(model))
+            if measure:
+                figures.update(measure_step(runner))
+        finally:
+            close_logger(runner)
+    return metrics, figures
+
+
+def reuse_or_run(path: str, key: str, measure: bool, force: bool,
+                 run: Callable[[], dict]) -> dict:
+    """The record in ``path`` when :func:`reusable` (and not ``force``),
+    else ``run()``'s record, written there atomically."""
+    from mmdtl.utils.report import write_json
+
+    record = None if force else reusable(path, key, measure)
+    if record is None:
+        record = run()
+        write_json(path, record)
+    return record
 
 
 def run_key(cfg, seed: int, backbone_sha: str) -> str:

@@ -23,7 +23,6 @@ from mmdtl.utils.report import (
     new_figure,
     save_figure,
     write_csv,
-    write_json,
     write_markdown,
 )
 from mmdtl.utils.stats import mean as _mean
@@ -34,16 +33,12 @@ from .runs import (
     REPO,
     RESULT,
     check_checkpoint,
-    close_logger,
     for_one_run,
-    measure_step,
-    output_to,
     resolve_checkpoint,
-    reusable,
+    reuse_or_run,
+    run_config,
     run_key,
     set_backbone_checkpoint,
-    trainable,
-    unwrap_model,
 )
 
 # method -> label of the tables, in table order
@@ -96,29 +91,8 @@ def load_run_config(config: str, seed: int, work_dir: str, options: Optional[dic
 def train_and_test(cfg, measure: bool = True) -> dict:
     """Train and test one config in this process; accuracy, time, params,
     and (``measure``) the memory of a training step."""
-    from mmengine.runner import Runner
-
-    with output_to(osp.join(cfg.work_dir, 'demo_run.log')):
-        runner = Runner.from_cfg(cfg)
-        try:
-            tic = time.perf_counter()
-            runner.train()
-            train_s = time.perf_counter() - tic
-            tic = time.perf_counter()
-            metrics = runner.test()
-            test_s = time.perf_counter() - tic
-            model = unwrap_model(runner.model)
-            result = dict(
-                top1=float(metrics['accuracy/top1']),
-                train_s=train_s,
-                test_s=test_s,
-                trainable_backbone=trainable(model.backbone),
-                trainable_total=trainable(model))
-            if measure:
-                result.update(measure_step(runner))
-        finally:
-            close_logger(runner)
-    return result
+    metrics, figures = run_config(cfg, 'demo_run.log', measure)
+    return dict(top1=float(metrics['accuracy/top1']), **figures)
 
 
 def run_one(method: str, task: str, seed: int, work_root: str, backbone_sha: str,
@@ -142,15 +116,10 @@ def run_one(method: str, task: str, seed: int, work_root: str, backbone_sha: str
     work_dir = osp.join(work_root, f'seed{seed}', stem)
     cfg = load_run_config(config_path(method, task), seed, work_dir, options, val, checkpoint)
     key = run_key(cfg, seed, backbone_sha)
-    path = osp.join(work_dir, RESULT)
-    record = None if force else reusable(path, key, measure)
-    if record is not None:
-        return record
-    record = dict(method=method, task=task, seed=seed, key=key,
-                  config=osp.relpath(config_path(method, task), REPO),
-                  lr=cfg.optim_wrapper.optimizer.lr, **train_and_test(cfg, measure))
-    write_json(path, record)
-    return record
+    return reuse_or_run(osp.join(work_dir, RESULT), key, measure, force, lambda: dict(
+        method=method, task=task, seed=seed, key=key,
+        config=osp.relpath(config_path(method, task), REPO),
+        lr=cfg.optim_wrapper.optimizer.lr, **train_and_test(cfg, measure)))
 
 
 # ----------------------------------------------------------------------------
